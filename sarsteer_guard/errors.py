@@ -1,0 +1,76 @@
+"""One exception hierarchy for the whole package.
+
+Every message is one line that says what went wrong *and what to do next*, because
+the people who read them (bot builders, trust-and-safety editors, compliance staff)
+act on the message rather than on a traceback. The CLI prints ``str(error)`` and
+exits with code 2; the Guard turns them into per-turn error events.
+"""
+
+from __future__ import annotations
+
+
+class GuardError(Exception):
+    """Base class: a problem the user can fix; the message says how."""
+
+    #: Short machine-readable kind, used in metrics labels and error events.
+    kind: str = "error"
+
+
+class AudioError(GuardError):
+    """Audio that cannot be used: missing, empty, corrupt, unsupported format or rate."""
+
+    kind = "audio"
+
+
+class ManifestError(GuardError):
+    """A calibration manifest line that cannot be used (message names file and line)."""
+
+    kind = "manifest"
+
+
+class ModelLoadError(GuardError):
+    """A model that cannot be loaded or is of an unsupported class."""
+
+    kind = "model"
+
+
+class VectorsError(GuardError):
+    """A steering-vector set that is unreadable or made for another model."""
+
+    kind = "vectors"
+
+
+class VectorIntegrityError(VectorsError):
+    """A stored vector set whose signature or digest does not verify (tampered or truncated)."""
+
+    kind = "integrity"
+
+
+class PolicyError(GuardError):
+    """An invalid policy file (message carries ``file:line:column``)."""
+
+    kind = "policy"
+
+
+class StoreUnavailableError(GuardError):
+    """The vector store or audit backend cannot be reached right now."""
+
+    kind = "store"
+
+
+class AuditError(GuardError):
+    """An audit log that cannot be written, read or verified."""
+
+    kind = "audit"
+
+
+class AuditChainError(AuditError):
+    """The audit hash chain is broken: a record was edited, removed or reordered."""
+
+    kind = "audit_chain"
+
+
+class OverloadedError(GuardError):
+    """The guard's queue is full; the turn was not accepted."""
+
+    kind = "overloaded"
