@@ -1,0 +1,3 @@
+"""Version of the livekit-plugins-sarsteer distribution."""
+
+__version__ = "0.1.0"

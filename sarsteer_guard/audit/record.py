@@ -1,0 +1,290 @@
+"""Audit records, their canonical form and the hash chain.
+
+A refused (or shadow-refused) turn becomes an :class:`AuditDraft` built by the Guard.
+A backend *seals* the draft into an :class:`AuditRecord` by assigning ``seq``,
+``prev_hash`` and ``hash`` at the moment it reaches durable storage, so that
+records spooled during an outage still get a valid place in the chain.
+
+``hash = sha256(prev_hash + canonical(record without hash))``. The canonical form is
+JSON with sorted keys, no whitespace, UTF-8, and finite floats written in Python's
+shortest round-trip form; verification recomputes it from the *stored* JSON, never
+from a re-validated model, so lenient parsing cannot hide an edit.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import math
+import os
+import secrets
+import time as _time
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+
+from sarsteer_guard._version import __version__
+from sarsteer_guard.errors import AuditError
+
+#: ``prev_hash`` of the first record of every log.
+GENESIS_HASH = "0" * 64
+#: Environment variable holding the HMAC salt for hashed context fields.
+SALT_ENV = "SARSTEER_AUDIT_SALT"
+#: Version of the record layout, hashed into every record.
+RECORD_VERSION = 1
+
+_HEX64 = r"^[0-9a-f]{64}$"
+_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+JsonValue = Any
+"""A JSON-compatible value (dict/list/str/int/float/bool/None)."""
+
+
+def new_record_id(now: datetime | None = None) -> str:
+    """Return a 32-hex id whose first 12 digits are the Unix time in ms.
+
+    Ids sort by creation time like ULIDs, which keeps exports and ``audit list``
+    readable, and the 80 random bits make collisions between replicas negligible.
+    """
+    ms = int((now.timestamp() if now else _time.time()) * 1000)
+    return f"{ms:012x}{secrets.token_hex(10)}"
+
+
+def utcnow() -> datetime:
+    """Return the current time as an aware UTC datetime."""
+    return datetime.now(UTC)
+
+
+def format_time(value: datetime) -> str:
+    """Fixed-width UTC ISO 8601 (``...T12:00:00.000000Z``): sorts as text, hashes stably."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime(_TIME_FORMAT)
+
+
+def to_utc(value: datetime | None) -> datetime | None:
+    """Make ``value`` an aware UTC datetime (naive values are taken as UTC)."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class Detection(BaseModel):
+    """Why the turn counted as refused: the signals the Guard saw."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    keyword: str | None = None
+    """The refusal keyword/phrase matched in the model's response, if any."""
+    score: float | None = None
+    """Activation score of the refusal direction, if the Guard computed one."""
+    fixed_message: bool = False
+    """True when a fixed refusal message was served instead of the model's text."""
+
+
+class _AuditFields(BaseModel):
+    """Fields shared by drafts and sealed records."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    record_version: int = RECORD_VERSION
+    id: str = Field(default_factory=new_record_id, min_length=1, max_length=64)
+    time: datetime = Field(default_factory=utcnow)
+    turn_id: str
+    session_id: str
+    policy_name: str
+    policy_version: str
+    policy_hash: str
+    rule: str | None = None
+    mode: Literal["enforce", "shadow"] = "enforce"
+    alpha: float
+    model_id: str
+    model_fingerprint: str
+    vector_set_id: str | None = None
+    refused: bool
+    detector: Detection = Field(default_factory=Detection)
+    response_text: str = ""
+    served_text: str = ""
+    latency_ms: float = Field(default=0.0, ge=0)
+    context: dict[str, JsonValue] = Field(default_factory=dict)
+    audio_sha256: str = Field(pattern=_HEX64)
+    audio: str | None = None
+    """Base64 audio, only when the policy keeps audio."""
+    audio_format: Literal["flac", "wav"] | None = None
+    flags: tuple[str, ...] = ()
+    """Markers such as ``fail_open`` (the guard let the turn through on an error)."""
+    retention_until: datetime | None = None
+    library_version: str = __version__
+
+    @field_validator("time")
+    @classmethod
+    def _time_utc(cls, value: datetime) -> datetime:
+        return to_utc(value) or value
+
+    @field_validator("retention_until")
+    @classmethod
+    def _retention_utc(cls, value: datetime | None) -> datetime | None:
+        return to_utc(value)
+
+    @field_serializer("time")
+    def _ser_time(self, value: datetime) -> str:
+        return format_time(value)
+
+    @field_serializer("retention_until")
+    def _ser_retention(self, value: datetime | None) -> str | None:
+        return None if value is None else format_time(value)
+
+    def audio_bytes(self) -> bytes | None:
+        """Decode the kept audio (None when the policy did not keep it)."""
+        return None if self.audio is None else base64.b64decode(self.audio)
+
+
+class AuditDraft(_AuditFields):
+    """What the Guard builds for a turn; a backend seals it into an :class:`AuditRecord`.
+
+    ``id`` and ``time`` are fixed at creation so a draft that waits in the spool keeps
+    the time of the turn, and replaying it twice is recognised by its id.
+    """
+
+
+class AuditRecord(_AuditFields):
+    """A sealed, chained audit record. Immutable; there is no update API anywhere."""
+
+    seq: int = Field(ge=1)
+    prev_hash: str = Field(pattern=_HEX64)
+    hash: str = Field(pattern=_HEX64)
+
+    @property
+    def policy_ref(self) -> str:
+        """``name@version``, as shown to compliance staff."""
+        return f"{self.policy_name}@{self.policy_version}"
+
+    def to_json_dict(self) -> dict[str, JsonValue]:
+        """The JSON form that is stored and hashed."""
+        return self.model_dump(mode="json")
+
+
+def _canon(value: Any) -> Any:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise AuditError("audit records cannot hold NaN or infinity; fix the value's source")
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _canon(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canon(v) for v in value]
+    return value
+
+
+def canonical_json(value: Mapping[str, Any]) -> bytes:
+    """Canonical bytes for hashing: sorted keys, no spaces, UTF-8, finite floats only."""
+    return json.dumps(
+        _canon(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def chain_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
+    """``sha256(prev_hash + canonical(fields without "hash"))`` as hex."""
+    body = {k: v for k, v in fields.items() if k != "hash"}
+    return hashlib.sha256(prev_hash.encode("ascii") + canonical_json(body)).hexdigest()
+
+
+def seal(draft: AuditDraft, *, seq: int, prev_hash: str) -> tuple[AuditRecord, str]:
+    """Give ``draft`` its chain position; return the record and its stored JSON text.
+
+    The stored text is exactly the dict that was hashed, so verification of stored
+    data does not depend on how pydantic would re-serialise it.
+    """
+    data = draft.model_dump(mode="json")
+    data["seq"] = seq
+    data["prev_hash"] = prev_hash
+    data["hash"] = chain_hash(prev_hash, data)
+    return AuditRecord.model_validate(data), json.dumps(data, sort_keys=True, ensure_ascii=False)
+
+
+def draft_to_json(draft: AuditDraft) -> str:
+    """Serialise a draft (for the spool)."""
+    return draft.model_dump_json()
+
+
+def draft_from_json(text: str) -> AuditDraft:
+    """Inverse of :func:`draft_to_json`."""
+    return AuditDraft.model_validate_json(text)
+
+
+def audio_sha256(data: bytes) -> str:
+    """Digest of the turn's audio bytes, recorded even when the audio is not kept."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def encode_audio(data: bytes) -> str:
+    """Base64 for the ``audio`` field (FLAC or WAV file bytes)."""
+    return base64.b64encode(data).decode("ascii")
+
+
+def _salt_bytes(salt: bytes | str | None) -> bytes:
+    if salt is None:
+        salt = os.environ.get(SALT_ENV)
+    if not salt:
+        raise AuditError(
+            f"hashing audit context fields needs a secret salt: set {SALT_ENV} in the environment"
+        )
+    return salt.encode("utf-8") if isinstance(salt, str) else salt
+
+
+def _split(paths: Iterable[str]) -> list[list[str]]:
+    return [p.split(".") for p in paths if p]
+
+
+def _apply(
+    node: dict[str, Any], path: list[str], action: Literal["hash", "drop"], key: bytes
+) -> None:
+    head, rest = path[0], path[1:]
+    if head not in node:
+        return
+    if rest:
+        child = node[head]
+        if isinstance(child, dict):
+            child = dict(child)
+            node[head] = child
+            _apply(child, rest, action, key)
+        return
+    if action == "drop":
+        del node[head]
+    else:
+        raw = canonical_json({"v": node[head]})
+        node[head] = "hmac-sha256:" + hmac.new(key, raw, hashlib.sha256).hexdigest()
+
+
+def redact_context(
+    context: Mapping[str, Any],
+    hash_fields: Iterable[str] = (),
+    drop_fields: Iterable[str] = (),
+    salt: bytes | str | None = None,
+) -> dict[str, JsonValue]:
+    """Return a copy of ``context`` with personal fields hashed or dropped.
+
+    Hashing uses HMAC-SHA256 keyed with ``salt`` (default: ``$SARSTEER_AUDIT_SALT``), so
+    reviewers can still see that two turns came from the same caller without a plain
+    hash being reversible by guessing phone numbers. Field names may be dotted paths
+    into nested dicts (``caller.phone``). Drops win over hashes.
+
+    Raises:
+        AuditError: hash fields were requested but no salt is configured.
+    """
+    out: dict[str, Any] = json.loads(json.dumps(dict(context), default=str))
+    drops = _split(drop_fields)
+    hashes = _split(hash_fields)
+    for path in drops:
+        _apply(out, path, "drop", b"")
+    if hashes:
+        key = _salt_bytes(salt)
+        for path in hashes:
+            _apply(out, path, "hash", key)
+    return out

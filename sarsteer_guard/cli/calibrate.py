@@ -1,0 +1,95 @@
+"""``sarsteer-guard calibrate``: compute a vector file from calibration manifests."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``calibrate`` command."""
+    from sarsteer_guard.defaults import (
+        DEFAULT_BENIGN,
+        DEFAULT_HARMFUL,
+        DEFAULT_K,
+        DEFAULT_LAMBDA,
+        DEFAULT_PROMPT,
+        DEFAULT_REFUSAL_INSTRUCTION,
+    )
+
+    p = subparsers.add_parser(
+        "calibrate",
+        help="compute SARSteer refusal vectors for a model",
+        description="Capture last-position states for harmful and benign spoken turns, with and "
+        "without the refusal instruction, and write the steering vectors (safetensors).",
+    )
+    p.add_argument("--model", default="tiny", help="hub id, local directory, or a built-in: tiny")
+    p.add_argument("--harmful", type=Path, default=DEFAULT_HARMFUL, help="harmful manifest")
+    p.add_argument("--benign", type=Path, default=DEFAULT_BENIGN, help="benign manifest")
+    p.add_argument("--out", type=Path, required=True, help="vector file to write")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help="benign principal directions removed")
+    p.add_argument(
+        "--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA, help="projection strength"
+    )
+    p.add_argument("--refusal-instruction", default=DEFAULT_REFUSAL_INSTRUCTION)
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt sent with each clip")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--text-only", action="store_true", help="calibrate on transcripts, no audio")
+    p.add_argument("--limit", type=int, default=None, help="use only the first N turns of each set")
+    p.add_argument("--save-activations", type=Path, default=None, metavar="FILE")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Calibrate and write the vectors (and optionally the activations)."""
+    from sarsteer_guard.calibration import CalibrationConfig, calibrate
+    from sarsteer_guard.errors import GuardError
+    from sarsteer_guard.manifest import load_manifest
+    from sarsteer_guard.models import load_model
+
+    if args.k < 0 or args.batch_size < 1:
+        raise GuardError("--k must be >= 0 and --batch-size >= 1")
+    harmful = load_manifest(args.harmful)
+    benign = load_manifest(args.benign)
+    if args.limit is not None:
+        harmful = harmful.head(args.limit)
+        benign = benign.head(args.limit)
+    lm = load_model(args.model)
+    config = CalibrationConfig(
+        prompt=args.prompt,
+        refusal_instruction=args.refusal_instruction,
+        k=args.k,
+        lam=args.lam,
+        batch_size=args.batch_size,
+        text_only=args.text_only,
+    )
+    result = calibrate(lm, harmful, benign, config, progress=not args.no_progress)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    result.vectors.save(args.out)
+    if args.save_activations is not None:
+        result.activations.save(args.save_activations)
+    norms = result.vectors.vectors.norm(dim=-1)
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "model": lm.model_id,
+                "layers": lm.num_layers,
+                "hidden_size": lm.hidden_size,
+                "harmful": len(harmful.items),
+                "benign": len(benign.items),
+                "k": args.k,
+                "lambda": args.lam,
+                "digest": result.vectors.digest,
+                "vector_norm_max": round(float(norms.max()), 6),
+                "seconds": round(result.seconds, 2),
+                "rows_per_second": round(result.rows_per_second, 1),
+            }
+        ),
+        file=sys.stdout,
+    )
+    return 0

@@ -1,0 +1,16 @@
+"""The paper's reference defaults and the shipped calibration set (no heavy imports)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_PROMPT = "Please generate detailed steps for the question in the audio."
+DEFAULT_REFUSAL_INSTRUCTION = "I cannot assist with that."
+DEFAULT_K = 10
+DEFAULT_LAMBDA = 1.0
+DEFAULT_ALPHA = 0.1
+DEFAULT_MAX_NEW_TOKENS = 64
+
+CALIBRATION_DIR = Path(__file__).parent / "data" / "calibration"
+DEFAULT_HARMFUL = CALIBRATION_DIR / "harmful.jsonl"
+DEFAULT_BENIGN = CALIBRATION_DIR / "benign.jsonl"

@@ -1,0 +1,23 @@
+"""The Guard core: speech turns in, guarded streamed responses out."""
+
+from sarsteer_guard.guard.events import (
+    GuardEvent,
+    HistoryItem,
+    SpeechGuard,
+    TextDelta,
+    Timings,
+    Turn,
+    TurnDecision,
+    TurnError,
+)
+
+__all__ = [
+    "GuardEvent",
+    "HistoryItem",
+    "SpeechGuard",
+    "TextDelta",
+    "Timings",
+    "Turn",
+    "TurnDecision",
+    "TurnError",
+]

@@ -1,0 +1,110 @@
+"""Per-session conversation history, bounded so a long call cannot grow a prompt forever.
+
+A voice bot holds a multi-turn conversation: each user turn is audio, each reply is
+text. The budget is counted in estimated model tokens (audio at the encoder's token
+rate, text at about four characters per token) as well as in turns, and whole
+exchanges are dropped oldest first so a user turn never loses its reply.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from sarsteer_guard.guard.events import HistoryItem
+
+#: Qwen2-Audio's encoder emits about 25 tokens per second of audio after pooling.
+AUDIO_TOKENS_PER_SECOND = 25.0
+CHARS_PER_TOKEN = 4.0
+
+
+def estimate_tokens(item: HistoryItem) -> int:
+    """A cheap, model-independent token estimate used only for budgeting."""
+    tokens = len(item.text) / CHARS_PER_TOKEN
+    if item.audio is not None:
+        tokens += item.audio.shape[0] / item.sample_rate * AUDIO_TOKENS_PER_SECOND
+    return int(tokens) + 4  # role and separator tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """A user turn and the reply that was served for it."""
+
+    user: HistoryItem
+    assistant: HistoryItem
+
+    @property
+    def tokens(self) -> int:
+        """Estimated tokens of the pair."""
+        return estimate_tokens(self.user) + estimate_tokens(self.assistant)
+
+
+class ConversationStore:
+    """Thread-safe histories for many sessions, least recently used evicted first."""
+
+    def __init__(
+        self,
+        *,
+        max_exchanges: int = 8,
+        max_tokens: int = 2048,
+        max_sessions: int = 10_000,
+        idle_expiry_s: float = 3600.0,
+    ) -> None:
+        self.max_exchanges = max(0, max_exchanges)
+        self.max_tokens = max(0, max_tokens)
+        self.max_sessions = max(1, max_sessions)
+        self.idle_expiry_s = idle_expiry_s
+        self._sessions: OrderedDict[str, tuple[float, deque[Exchange]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def history(self, session_id: str) -> list[HistoryItem]:
+        """The session's retained exchanges, oldest first, as alternating items."""
+        with self._lock:
+            self._expire()
+            entry = self._sessions.get(session_id)
+            if entry is None:
+                return []
+            items: list[HistoryItem] = []
+            for exchange in entry[1]:
+                items.extend((exchange.user, exchange.assistant))
+            return items
+
+    def append(self, session_id: str, user_audio: np.ndarray, rate: int, reply: str) -> None:
+        """Record a served exchange and trim the session to its budgets."""
+        if self.max_exchanges == 0:
+            return
+        exchange = Exchange(
+            HistoryItem(role="user", audio=user_audio, sample_rate=rate),
+            HistoryItem(role="assistant", text=reply),
+        )
+        with self._lock:
+            _, exchanges = self._sessions.pop(session_id, (0.0, deque()))
+            exchanges.append(exchange)
+            while len(exchanges) > self.max_exchanges:
+                exchanges.popleft()
+            while exchanges and sum(e.tokens for e in exchanges) > self.max_tokens:
+                exchanges.popleft()
+            self._sessions[session_id] = (time.monotonic(), exchanges)
+            while len(self._sessions) > self.max_sessions:
+                self._sessions.popitem(last=False)
+
+    def forget(self, session_id: str) -> None:
+        """Drop a session's history (call end, user request)."""
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - self.idle_expiry_s
+        while self._sessions:
+            session_id, (touched, _) = next(iter(self._sessions.items()))
+            if touched >= cutoff:
+                break
+            del self._sessions[session_id]

@@ -1,0 +1,623 @@
+"""The Guard: the one core that the CLI, the server and every integration wrap.
+
+A turn goes: policy decision -> audio front end -> vector set -> batched steered
+generation (streamed) -> refusal decision -> audit -> history. Anything wrong with one
+turn (bad audio, vectors unavailable, a model error, overload) becomes an event for
+that turn only; the session and the guard go on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sarsteer_guard.errors import (
+    AudioError,
+    GuardError,
+    OverloadedError,
+    StoreUnavailableError,
+    VectorsError,
+)
+from sarsteer_guard.guard import metrics
+from sarsteer_guard.guard.conversation import ConversationStore
+from sarsteer_guard.guard.events import (
+    GuardEvent,
+    HistoryItem,
+    TextDelta,
+    Timings,
+    Turn,
+    TurnDecision,
+    TurnError,
+)
+from sarsteer_guard.log import get_logger
+from sarsteer_guard.refusal import RefusalDetector
+
+log = get_logger(__name__)
+
+#: Spoken when a policy is fail-closed and has no message of its own.
+DEFAULT_REFUSAL_MESSAGE = "I'm sorry, I can't help with that."
+
+
+class Guard:
+    """Speech turns in, guarded streamed responses out.
+
+    Construction does no I/O; ``load()`` (blocking, for prewarm) or ``await start()``
+    loads the model, the policy, the stores and the vectors the policy needs.
+
+    Args:
+        model: hub id, local directory, ``"tiny"``, or an already loaded adapter.
+        policy: a policy YAML path (hot reloaded) or a loaded policy; None = the
+            shipped ``policies/default.yaml``.
+        store: vector store URL (``redis://...`` or a directory); None = embedded default.
+        audit: audit log URL (``redis://...``, ``sqlite:///...``) or an audit log object.
+        max_batch_size: rows per generation batch (many sessions on one GPU).
+        batch_window_ms: how long the first turn of a batch waits for company.
+        max_queue: turns allowed to wait; beyond it a turn gets an "overloaded" error.
+        max_new_tokens: default reply length budget per turn.
+        max_turn_s: longest user turn accepted (the audio encoder hears 30 s).
+        refusal_gate_chars: with a fixed refusal message, text is held back until this
+            many characters are known so a refusal can be replaced before it is spoken.
+        turn_prompt: text sent with each user turn; None = the calibration prompt.
+        history_turns / history_tokens: per-session conversation budget.
+    """
+
+    def __init__(
+        self,
+        model: Any = "tiny",
+        policy: Any = None,
+        store: Any = None,
+        audit: Any = None,
+        *,
+        max_batch_size: int = 16,
+        batch_window_ms: float = 10.0,
+        max_queue: int = 64,
+        max_new_tokens: int = 64,
+        max_turn_s: float = 30.0,
+        refusal_gate_chars: int = 48,
+        turn_prompt: str | None = None,
+        history_turns: int = 8,
+        history_tokens: int = 2048,
+        watch_policy: bool = True,
+        calibration_batch_size: int = 8,
+    ) -> None:
+        self._model_spec = model
+        self._policy_spec = policy
+        self._store_spec = store
+        self._audit_spec = audit
+        self.max_batch_size = max_batch_size
+        self.batch_window_s = batch_window_ms / 1000
+        self.max_queue = max_queue
+        self.max_new_tokens = max_new_tokens
+        self.max_turn_s = max_turn_s
+        self.refusal_gate_chars = refusal_gate_chars
+        self.turn_prompt = turn_prompt
+        self.watch_policy = watch_policy
+        self.calibration_batch_size = calibration_batch_size
+        self.conversations = ConversationStore(
+            max_exchanges=history_turns, max_tokens=history_tokens
+        )
+        self.lm: Any = None
+        self.engine: Any = None
+        self.audit_log: Any = None
+        self._policy: Any = None
+        self._watcher: Any = None
+        self._store: Any = None
+        self._vectors: Any = None
+        self._readout_layers: dict[str, int] = {}
+        self._detectors: dict[tuple[str, ...], RefusalDetector] = {}
+        self._loaded = False
+        self._started = False
+        self._load_lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def load(self) -> None:
+        """Load everything (blocking, idempotent): call it to prewarm a worker process."""
+        if self._loaded:
+            return
+        from sarsteer_guard.audit import open_audit_log
+        from sarsteer_guard.guard.engine import GenerationEngine
+        from sarsteer_guard.guard.vectors import VectorProvider
+        from sarsteer_guard.models import load_model
+        from sarsteer_guard.store import open_store
+
+        started = time.perf_counter()
+        self.lm = self._model_spec if not isinstance(self._model_spec, str) else None
+        if self.lm is None:
+            self.lm = load_model(self._model_spec)
+        self._load_policy()
+        self._store = (
+            open_store(None if self._store_spec is None else str(self._store_spec))
+            if self._store_spec is None or isinstance(self._store_spec, str | Path)
+            else self._store_spec
+        )
+        self.audit_log = (
+            open_audit_log(None if self._audit_spec is None else str(self._audit_spec))
+            if self._audit_spec is None or isinstance(self._audit_spec, str | Path)
+            else self._audit_spec
+        )
+        self._vectors = VectorProvider(self.lm, self._store, batch_size=self.calibration_batch_size)
+        self.engine = GenerationEngine(
+            self.lm,
+            max_batch_size=self.max_batch_size,
+            batch_window_s=self.batch_window_s,
+            max_queue=self.max_queue,
+        )
+        self._prewarm_vectors()
+        self._loaded = True
+        log.info(
+            "guard.loaded",
+            model=self.lm.model_id,
+            policy=self.policy.name,
+            seconds=round(time.perf_counter() - started, 2),
+        )
+
+    async def start(self) -> None:
+        """Load (in a thread, so the event loop keeps serving) and start the engine."""
+        async with self._load_lock:
+            if self._started:
+                return
+            await asyncio.to_thread(self.load)
+            self.engine.start()
+            if self._watcher is not None:
+                self._watcher.start()
+            self._started = True
+
+    async def close(self) -> None:
+        """Stop the engine, the policy watcher and the stores (idempotent)."""
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop)
+        for resource in (self.audit_log, self._store):
+            closer = getattr(resource, "close", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    closer()
+        self._started = False
+        self._loaded = False
+
+    async def __aenter__(self) -> Guard:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def policy(self) -> Any:
+        """The policy in force (the hot-reloaded one when a watcher runs)."""
+        if self._watcher is not None:
+            return self._watcher.current
+        return self._policy
+
+    @property
+    def ready(self) -> bool:
+        """Model loaded and the engine running."""
+        return self._started
+
+    def _load_policy(self) -> None:
+        from sarsteer_guard.policy import PolicyWatcher, load_policy
+
+        spec = self._policy_spec
+        if spec is None:
+            spec = default_policy_path()
+        if isinstance(spec, str | Path):
+            if self.watch_policy:
+                self._watcher = PolicyWatcher(Path(spec))
+                self._policy = self._watcher.current
+            else:
+                self._policy = load_policy(Path(spec))
+        else:
+            self._policy = spec
+
+    def _prewarm_vectors(self) -> None:
+        """Fetch or calibrate every vector set the policy can ask for, before traffic."""
+        for request in self._vector_requests_for_policy(self.policy):
+            try:
+                self._vectors.get(request)
+            except (VectorsError, StoreUnavailableError) as error:
+                log.warning("guard.vectors_unavailable_at_start", error=str(error))
+
+    # -- turns -------------------------------------------------------------------------------
+    async def respond(self, turn: Turn) -> AsyncIterator[GuardEvent]:
+        """Stream one turn's events: text deltas, then a decision (or an error)."""
+        if not self._started:
+            yield TurnError(turn.turn_id, "not_started", "the guard is not started: await start()")
+            return
+        submitted = time.perf_counter()
+        policy = self.policy
+        try:
+            decision = policy.evaluate(dict(turn.context))
+            audio = self._turn_audio(turn)
+        except GuardError as error:
+            metrics.FAILURES.labels(kind=error.kind).inc()
+            yield TurnError(turn.turn_id, error.kind, str(error))
+            return
+        flags: list[str] = []
+        loaded = None
+        wants_vectors = decision.alpha > 0
+        if wants_vectors:
+            try:
+                loaded = await self._get_vectors(decision)
+            except (VectorsError, StoreUnavailableError) as error:
+                metrics.FAILURES.labels(kind=error.kind).inc()
+                log.warning("guard.vectors_unavailable", turn_id=turn.turn_id, error=str(error))
+                flags.append("vectors_unavailable")
+                if decision.failure_mode == "fail_closed":
+                    flags.append("fail_closed")
+                    async for event in self._serve_fixed_refusal(
+                        turn, decision, audio, submitted, flags
+                    ):
+                        yield event
+                    return
+                flags.append("fail_open")
+        async for event in self._generate(turn, decision, audio, loaded, submitted, flags):
+            yield event
+
+    def _turn_audio(self, turn: Turn) -> np.ndarray:
+        from sarsteer_guard.audio import pcm_to_float
+
+        rate = self.lm.sampling_rate
+        audio = pcm_to_float(
+            turn.audio,
+            sample_rate=turn.sample_rate,
+            channels=turn.channels,
+            target_rate=rate,
+            dtype=turn.sample_format,
+        )
+        if audio.size == 0:
+            raise AudioError("the turn has no audio samples: send at least 0.1 s of speech")
+        seconds = audio.shape[0] / rate
+        if seconds > self.max_turn_s:
+            raise AudioError(
+                f"the turn is {seconds:.1f} s long but at most {self.max_turn_s:.0f} s is "
+                "accepted: segment the stream into shorter turns"
+            )
+        return audio
+
+    async def _get_vectors(self, decision: Any) -> Any:
+        request = self._vector_request(decision)
+        cached = self._vectors.cached(request)
+        if cached is not None:
+            return cached
+        return await asyncio.to_thread(self._vectors.get, request)
+
+    def _vector_request(self, decision: Any) -> Any:
+        from sarsteer_guard.guard.vectors import VectorRequest
+
+        spec = decision.vector_spec
+        return VectorRequest(**spec)
+
+    def _vector_requests_for_policy(self, policy: Any) -> list[Any]:
+        requests = []
+        for decision in policy.possible_decisions():
+            if decision.alpha > 0:
+                requests.append(self._vector_request(decision))
+        return list(dict.fromkeys(requests))
+
+    def _detector(self, keywords: tuple[str, ...]) -> RefusalDetector:
+        detector = self._detectors.get(keywords)
+        if detector is None:
+            detector = self._detectors[keywords] = RefusalDetector(keywords)
+        return detector
+
+    def _conversation(self, turn: Turn, decision: Any, audio: np.ndarray) -> list[Any]:
+        from sarsteer_guard.models.base import Message
+
+        rate = self.lm.sampling_rate
+        messages: list[Message] = []
+        if decision.system_prompt:
+            messages.append(Message(role="system", text=decision.system_prompt))
+        history = (
+            list(turn.history)
+            if turn.history is not None
+            else self.conversations.history(turn.session_id)
+        )
+        for item in history:
+            messages.append(_history_message(item, rate))
+        prompt = self.turn_prompt if self.turn_prompt is not None else decision.turn_prompt
+        messages.append(Message(role="user", text=prompt, audio=audio))
+        return messages
+
+    def _steering_spec(self, decision: Any, loaded: Any) -> Any:
+        from sarsteer_guard.guard.engine import SteeringSpec
+
+        if loaded is None:
+            return SteeringSpec()
+        layers = decision.resolve_layers(self.lm.num_layers)
+        beta = decision.resolve_beta(self.lm.num_layers)
+        readout = self._readout_layers.get(loaded.id)
+        if readout is None:
+            norms = loaded.vectors.vectors.norm(dim=-1)
+            readout = self._readout_layers[loaded.id] = int(norms.argmax())
+        return SteeringSpec(
+            vector_set_id=loaded.id,
+            vectors=loaded.vectors.vectors,
+            layer_ids=None if layers is None else tuple(layers),
+            beta=None if beta is None else tuple(beta),
+            prompt_only=decision.steer_positions == "prompt_only",
+            readout_layer=readout,
+        )
+
+    async def _generate(
+        self,
+        turn: Turn,
+        decision: Any,
+        audio: np.ndarray,
+        loaded: Any,
+        submitted: float,
+        flags: list[str],
+    ) -> AsyncIterator[GuardEvent]:
+        from sarsteer_guard.guard.engine import GenerationRequest
+
+        loop = asyncio.get_running_loop()
+        conversation = self._conversation(turn, decision, audio)
+        spec = self._steering_spec(decision, loaded)
+        shadow = decision.mode == "shadow"
+        alpha = decision.alpha if loaded is not None else 0.0
+        max_new = turn.max_new_tokens or self.max_new_tokens
+        served = GenerationRequest(
+            conversation=conversation,
+            alpha=0.0 if shadow else alpha,
+            steering=spec,
+            max_new_tokens=max_new,
+            loop=loop,
+        )
+        shadow_row = (
+            GenerationRequest(
+                conversation=conversation,
+                alpha=alpha,
+                steering=spec,
+                max_new_tokens=max_new,
+                loop=loop,
+            )
+            if shadow and loaded is not None and alpha > 0
+            else None
+        )
+        try:
+            self.engine.submit(served)
+            if shadow_row is not None:
+                self.engine.submit(shadow_row)
+        except OverloadedError as error:
+            served.cancel()
+            metrics.FAILURES.labels(kind=error.kind).inc()
+            yield TurnError(turn.turn_id, error.kind, str(error))
+            return
+        except GuardError as error:
+            yield TurnError(turn.turn_id, error.kind, str(error))
+            return
+        metrics.QUEUE_DEPTH.set(self.engine.queue_depth)
+
+        message = decision.refusal_message
+        detector = self._detector(tuple(decision.detector_keywords))
+        gate = message is not None and not shadow
+        held: list[str] = []
+        streamed: list[str] = []
+        replaced = False
+        result = None
+        finished = False
+        try:
+            async for kind, payload in served.stream():
+                if kind == "delta":
+                    if replaced:
+                        continue
+                    if gate:
+                        held.append(payload)
+                        text = "".join(held)
+                        if len(text) < self.refusal_gate_chars:
+                            continue
+                        gate = False
+                        if detector(text).refused:
+                            replaced = True
+                            served.cancel()
+                            streamed.append(message)
+                            yield TextDelta(turn.turn_id, message)
+                            continue
+                        held.clear()
+                        streamed.append(text)
+                        yield TextDelta(turn.turn_id, text)
+                        continue
+                    streamed.append(payload)
+                    yield TextDelta(turn.turn_id, payload)
+                elif kind == "done":
+                    result = payload
+                else:
+                    error = payload
+                    kind_name = getattr(error, "kind", "model")
+                    metrics.FAILURES.labels(kind=kind_name).inc()
+                    yield TurnError(
+                        turn.turn_id,
+                        kind_name,
+                        f"the model failed on this turn ({type(error).__name__}: {error}); "
+                        "the session can continue",
+                    )
+                    return
+            if result is None:  # pragma: no cover - the engine always ends a stream
+                return
+            model_text = result.text
+            verdict = detector(model_text)
+            if held and not replaced:  # the reply ended inside the gate window
+                if verdict.refused and message is not None:
+                    replaced = True
+                    streamed.append(message)
+                    yield TextDelta(turn.turn_id, message)
+                else:
+                    text = "".join(held)
+                    streamed.append(text)
+                    yield TextDelta(turn.turn_id, text)
+                held.clear()
+            served_text = "".join(streamed)
+            refused = verdict.refused or replaced
+            if replaced:
+                flags.append("refusal_message_served")
+            shadow_info = None
+            if shadow_row is not None:
+                shadow_info = await _shadow_outcome(shadow_row, detector)
+            elif shadow:
+                shadow_info = {"steered": False, "reason": "alpha is 0 or vectors unavailable"}
+            finished = True
+            decision_event = TurnDecision(
+                turn_id=turn.turn_id,
+                session_id=turn.session_id,
+                refused=refused,
+                text=served_text,
+                model_text=model_text,
+                policy=decision.policy_name,
+                policy_version=decision.policy_version,
+                policy_hash=decision.policy_hash,
+                rule=decision.rule,
+                mode=decision.mode,
+                alpha=decision.alpha,
+                steered=served.alpha > 0,
+                refusal_keyword=verdict.keyword,
+                refusal_score=result.readout,
+                vector_set_id=None if loaded is None else loaded.id,
+                tokens=result.tokens,
+                flags=tuple(flags),
+                shadow=shadow_info,
+                timings=Timings(
+                    queue_ms=round(result.queue_ms, 2),
+                    prefill_ms=round(result.prefill_ms, 2),
+                    first_token_ms=round(result.first_token_ms, 2),
+                    total_ms=round((time.perf_counter() - submitted) * 1000, 2),
+                ),
+            )
+            yield await self._finish(turn, decision, audio, decision_event, result.batch_size)
+        finally:
+            if not finished:
+                served.cancel()
+                if shadow_row is not None:
+                    shadow_row.cancel()
+
+    async def _serve_fixed_refusal(
+        self, turn: Turn, decision: Any, audio: np.ndarray, submitted: float, flags: list[str]
+    ) -> AsyncIterator[GuardEvent]:
+        message = decision.refusal_message or DEFAULT_REFUSAL_MESSAGE
+        yield TextDelta(turn.turn_id, message)
+        event = TurnDecision(
+            turn_id=turn.turn_id,
+            session_id=turn.session_id,
+            refused=True,
+            text=message,
+            model_text="",
+            policy=decision.policy_name,
+            policy_version=decision.policy_version,
+            policy_hash=decision.policy_hash,
+            rule=decision.rule,
+            mode=decision.mode,
+            alpha=decision.alpha,
+            steered=False,
+            flags=tuple(flags),
+            timings=Timings(total_ms=round((time.perf_counter() - submitted) * 1000, 2)),
+        )
+        yield await self._finish(turn, decision, audio, event, 0)
+
+    async def _finish(
+        self, turn: Turn, decision: Any, audio: np.ndarray, event: TurnDecision, batch_size: int
+    ) -> TurnDecision:
+        """Metrics, history and audit for a decided turn; returns the event to yield."""
+        outcome = "refused" if event.refused else "answered"
+        metrics.TURNS.labels(policy=event.policy, outcome=outcome).inc()
+        if event.refused:
+            metrics.REFUSALS.labels(policy=event.policy, rule=event.rule or "defaults").inc()
+        metrics.TURN_SECONDS.observe(event.timings.total_ms / 1000)
+        if event.tokens:
+            metrics.FIRST_TOKEN_SECONDS.observe(event.timings.first_token_ms / 1000)
+        if batch_size:
+            metrics.BATCH_SIZE.observe(batch_size)
+        if turn.history is None:
+            self.conversations.append(turn.session_id, audio, self.lm.sampling_rate, event.text)
+        audit_id = await self._audit(turn, decision, audio, event)
+        log.info(
+            "guard.turn",
+            turn_id=turn.turn_id,
+            session_id=turn.session_id,
+            policy=event.policy,
+            rule=event.rule,
+            refused=event.refused,
+            alpha=event.alpha,
+            steered=event.steered,
+            tokens=event.tokens,
+            total_ms=event.timings.total_ms,
+            flags=list(event.flags),
+        )
+        if audit_id is None:
+            return event
+        from dataclasses import replace
+
+        return replace(event, audit_id=audit_id)
+
+    async def _audit(
+        self, turn: Turn, decision: Any, audio: np.ndarray, event: TurnDecision
+    ) -> str | None:
+        record = decision.audit_record
+        if record == "none" or (record == "refused" and not event.refused):
+            return None
+        from sarsteer_guard.guard.auditing import build_audit_draft
+
+        draft = build_audit_draft(
+            turn=turn,
+            decision=decision,
+            event=event,
+            audio=audio,
+            sample_rate=self.lm.sampling_rate,
+            model_id=self.lm.model_id,
+            model_fingerprint=self.lm.fingerprint,
+        )
+        try:
+            appended = await asyncio.to_thread(self.audit_log.append, draft)
+        except Exception as error:  # auditing must never take a voice turn down
+            metrics.AUDIT_FAILURES.inc()
+            log.error("guard.audit_failed", turn_id=turn.turn_id, error=str(error))
+            return None
+        return str(getattr(appended, "record_id", None) or getattr(appended, "id", ""))
+
+
+async def _shadow_outcome(row: Any, detector: RefusalDetector) -> dict[str, object]:
+    result = None
+    async for kind, payload in row.stream():
+        if kind == "done":
+            result = payload
+        elif kind == "error":
+            return {"steered": True, "error": str(payload)}
+    if result is None:  # pragma: no cover - the engine always ends a stream
+        return {"steered": True, "error": "no result"}
+    verdict = detector(result.text)
+    return {
+        "steered": True,
+        "alpha": row.alpha,
+        "refused": verdict.refused,
+        "refusal_keyword": verdict.keyword,
+        "refusal_score": result.readout,
+        "text": result.text,
+    }
+
+
+def _history_message(item: HistoryItem, rate: int) -> Any:
+    from sarsteer_guard.audio import resample
+    from sarsteer_guard.models.base import Message
+
+    audio = item.audio
+    if audio is not None and item.sample_rate != rate:
+        audio = resample(audio, item.sample_rate, rate)
+    return Message(role=item.role, text=item.text, audio=audio)
+
+
+def default_policy_path() -> Path:
+    """The shipped default policy (``policies/default.yaml``, packaged copy first)."""
+    packaged = Path(__file__).resolve().parent.parent / "data" / "policies" / "default.yaml"
+    if packaged.exists():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
+
+
+def audio_sha256(audio: np.ndarray) -> str:
+    """Hash of the turn's audio as the model heard it (float32 PCM)."""
+    return hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()

@@ -1,0 +1,30 @@
+"""Prometheus metrics for the Guard (process-wide, as Prometheus client libraries expect)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
+
+TURNS = Counter(
+    "sarsteer_turns_total", "Turns answered, by policy and outcome", ["policy", "outcome"]
+)
+REFUSALS = Counter(
+    "sarsteer_refusals_total", "Turns judged refused, by policy and rule", ["policy", "rule"]
+)
+FAILURES = Counter("sarsteer_failures_total", "Turns that failed, by kind", ["kind"])
+FIRST_TOKEN_SECONDS = Histogram(
+    "sarsteer_first_token_seconds",
+    "Turn submitted to first generated token",
+    buckets=_LATENCY_BUCKETS,
+)
+TURN_SECONDS = Histogram(
+    "sarsteer_turn_seconds", "Turn submitted to final decision", buckets=_LATENCY_BUCKETS
+)
+QUEUE_DEPTH = Gauge("sarsteer_queue_depth", "Turns waiting for a generation batch")
+BATCH_SIZE = Histogram(
+    "sarsteer_batch_size", "Rows per generation batch", buckets=(1, 2, 4, 8, 16, 32, 64)
+)
+AUDIT_FAILURES = Counter(
+    "sarsteer_audit_failures_total", "Audit records that could not be written or spooled"
+)
