@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -61,7 +62,8 @@ def _clip(seconds: float, seed: int) -> np.ndarray:
 
 def _last_logits(lm: AudioLanguageModel, conversations: list[list[Message]]) -> torch.Tensor:
     with torch.no_grad():
-        return lm.model(**lm.encode(conversations)).logits[:, -1].float()
+        logits: torch.Tensor = lm.model(**lm.encode(conversations)).logits[:, -1].float()
+    return logits
 
 
 # ------------------------------------------------------------------ loading
@@ -125,7 +127,8 @@ def test_fingerprint_is_stable_across_loads(tiny: AudioLanguageModel) -> None:
     assert in_bf16.fingerprint == tiny.fingerprint
     assert in_bf16.dtype == torch.bfloat16
     assert config_fingerprint(built) == tiny.fingerprint
-    built.config.text_config.num_hidden_layers = 5
+    text_config: Any = built.config.text_config
+    text_config.num_hidden_layers = 5
     assert config_fingerprint(built) != tiny.fingerprint
 
 
@@ -295,8 +298,8 @@ def test_generate_returns_new_tokens_greedily(tiny: AudioLanguageModel) -> None:
 # --------------------------------------------------------------------- omni
 
 
-def _tiny_omni_thinker() -> tuple[Qwen2_5OmniThinkerForConditionalGeneration, object]:
-    tokenizer = build_tiny_tokenizer()
+def _tiny_omni_thinker() -> tuple[Any, Any]:
+    tokenizer: Any = build_tiny_tokenizer()
     tokenizer.add_special_tokens(
         {
             "additional_special_tokens": [
@@ -308,8 +311,12 @@ def _tiny_omni_thinker() -> tuple[Qwen2_5OmniThinkerForConditionalGeneration, ob
         },
         replace_extra_special_tokens=False,
     )
-    ids = tokenizer.convert_tokens_to_ids
-    config = Qwen2_5OmniThinkerConfig(
+
+    def ids(token: str) -> int:
+        return int(tokenizer.convert_tokens_to_ids(token))
+
+    config_cls: Any = Qwen2_5OmniThinkerConfig  # vision_start_token_id is accepted but untyped
+    config = config_cls(
         audio_config={
             "num_mel_bins": 128,
             "encoder_layers": 2,
@@ -351,13 +358,13 @@ def _tiny_omni_thinker() -> tuple[Qwen2_5OmniThinkerForConditionalGeneration, ob
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = Qwen2_5OmniThinkerForConditionalGeneration(config)
+        model: Any = Qwen2_5OmniThinkerForConditionalGeneration(config)
     return model.eval(), tokenizer
 
 
 def test_qwen2_5_omni_thinker_and_full_checkpoint(tmp_path: Path) -> None:
     thinker, tokenizer = _tiny_omni_thinker()
-    features = WhisperFeatureExtractor(feature_size=128)
+    features = WhisperFeatureExtractor(feature_size=128)  # type: ignore[no-untyped-call]  # untyped in transformers
     thinker_dir, full_dir = tmp_path / "thinker", tmp_path / "full"
     thinker.save_pretrained(thinker_dir)
     full = Qwen2_5OmniForConditionalGeneration(
@@ -366,7 +373,7 @@ def test_qwen2_5_omni_thinker_and_full_checkpoint(tmp_path: Path) -> None:
     full.thinker.load_state_dict(thinker.state_dict())
     full.save_pretrained(full_dir)
     for directory in (thinker_dir, full_dir):
-        tokenizer.save_pretrained(directory)  # type: ignore[attr-defined]  # tokenizer typed loosely above
+        tokenizer.save_pretrained(directory)
         features.save_pretrained(directory)
 
     conversations = [

@@ -41,9 +41,6 @@ from sarsteer_guard.refusal import RefusalDetector
 
 log = get_logger(__name__)
 
-#: Spoken when a policy is fail-closed and has no message of its own.
-DEFAULT_REFUSAL_MESSAGE = "I'm sorry, I can't help with that."
-
 
 class Guard:
     """Speech turns in, guarded streamed responses out.
@@ -369,6 +366,7 @@ class Guard:
             steering=spec,
             max_new_tokens=max_new,
             loop=loop,
+            tag=turn.turn_id,
         )
         shadow_row = (
             GenerationRequest(
@@ -377,6 +375,7 @@ class Guard:
                 steering=spec,
                 max_new_tokens=max_new,
                 loop=loop,
+                tag=f"{turn.turn_id}:shadow",
             )
             if shadow and loaded is not None and alpha > 0
             else None
@@ -499,7 +498,7 @@ class Guard:
     async def _serve_fixed_refusal(
         self, turn: Turn, decision: Any, audio: np.ndarray, submitted: float, flags: list[str]
     ) -> AsyncIterator[GuardEvent]:
-        message = decision.refusal_message or DEFAULT_REFUSAL_MESSAGE
+        message = decision.spoken_refusal
         yield TextDelta(turn.turn_id, message)
         event = TurnDecision(
             turn_id=turn.turn_id,
@@ -572,12 +571,13 @@ class Guard:
             model_fingerprint=self.lm.fingerprint,
         )
         try:
-            appended = await asyncio.to_thread(self.audit_log.append, draft)
+            await asyncio.to_thread(self.audit_log.append, draft)
         except Exception as error:  # auditing must never take a voice turn down
             metrics.AUDIT_FAILURES.inc()
             log.error("guard.audit_failed", turn_id=turn.turn_id, error=str(error))
             return None
-        return str(getattr(appended, "record_id", None) or getattr(appended, "id", ""))
+        # A spooled draft (Redis down) keeps its id when it is replayed and chained later.
+        return draft.id
 
 
 async def _shadow_outcome(row: Any, detector: RefusalDetector) -> dict[str, object]:

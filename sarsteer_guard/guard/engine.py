@@ -16,6 +16,7 @@ import asyncio
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,6 +63,7 @@ class RowResult:
     total_ms: float
     batch_size: int
     readout: float | None
+    tag: str = ""
 
 
 @dataclass(eq=False)
@@ -76,6 +78,7 @@ class GenerationRequest:
     channel: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
     submitted: float = field(default_factory=time.perf_counter)
     cancelled: threading.Event = field(default_factory=threading.Event)
+    tag: str = ""  # the turn id, for logs and observability
 
     def send(self, kind: str, payload: Any) -> None:
         """Deliver an item to the caller's loop (safe from the worker thread)."""
@@ -190,7 +193,9 @@ class GenerationEngine:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self.batches_run = 0
-        self.batch_sizes: list[int] = []
+        self.batch_sizes: deque[int] = deque(maxlen=1024)
+        #: Recent row outcomes (cancelled rows included), for observability and tests.
+        self.completed: deque[RowResult] = deque(maxlen=256)
         tokenizer = getattr(lm.processor, "tokenizer", lm.processor)
         self._tokenizer = tokenizer
         eos = lm.model.generation_config.eos_token_id
@@ -219,7 +224,9 @@ class GenerationEngine:
         thread.join(timeout_s)
         self._thread = None
         for request in self._drain():
-            request.send("error", GuardError("the guard is shutting down; retry on another replica"))
+            request.send(
+                "error", GuardError("the guard is shutting down; retry on another replica")
+            )
 
     @property
     def queue_depth(self) -> int:
@@ -316,8 +323,10 @@ class GenerationEngine:
         self.batches_run += 1
         self.batch_sizes.append(len(batch))
         with torch.inference_mode():
-            if spec.vectors is not None and any(a != 0.0 for a in alphas) or (
-                spec.vectors is not None and spec.readout_layer is not None
+            if (
+                spec.vectors is not None
+                and any(a != 0.0 for a in alphas)
+                or (spec.vectors is not None and spec.readout_layer is not None)
             ):
                 assert spec.vectors is not None  # for the type checker; checked just above
                 hooks = SteeringHooks(
@@ -342,20 +351,20 @@ class GenerationEngine:
         prefill_at = streamer.prefill_done_at or finished
         for i, request in enumerate(batch):
             first = streamer.first_token_at[i] or finished
-            request.send(
-                "done",
-                RowResult(
-                    text=streamer.row_text(i),
-                    tokens=streamer.row_tokens(i),
-                    cancelled=request.cancelled.is_set(),
-                    queue_ms=(started - request.submitted) * 1000,
-                    prefill_ms=(prefill_at - started) * 1000,
-                    first_token_ms=(first - request.submitted) * 1000,
-                    total_ms=(finished - request.submitted) * 1000,
-                    batch_size=len(batch),
-                    readout=None if readout is None else readout[i],
-                ),
+            result = RowResult(
+                text=streamer.row_text(i),
+                tokens=streamer.row_tokens(i),
+                cancelled=request.cancelled.is_set(),
+                queue_ms=(started - request.submitted) * 1000,
+                prefill_ms=(prefill_at - started) * 1000,
+                first_token_ms=(first - request.submitted) * 1000,
+                total_ms=(finished - request.submitted) * 1000,
+                batch_size=len(batch),
+                readout=None if readout is None else readout[i],
+                tag=request.tag,
             )
+            self.completed.append(result)
+            request.send("done", result)
 
 
 def _readout_values(hooks: SteeringHooks, rows: int) -> list[float] | None:

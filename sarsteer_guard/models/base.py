@@ -128,7 +128,7 @@ class AudioLanguageModel(ABC):
         )  # longer clips are cut by the feature extractor: warn instead of failing silently
         tokenizer = processor.tokenizer
         tokenizer.padding_side = "left"
-        self._special_tokens = tuple(str(t) for t in tokenizer.all_special_tokens if t)
+        self._special_tokens = _control_tokens(tokenizer)
         _configure_generation(model, tokenizer)
 
     # ----------------------------------------------------------------- loading
@@ -302,17 +302,44 @@ def find_decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
 
 
 def config_fingerprint(model: torch.nn.Module) -> str:
-    """sha256 of the model class and its config as canonical JSON, minus storage/runtime keys.
+    """sha256 of the model class, its config (minus storage/runtime keys) and a weight sample.
 
-    The same architecture loaded from the hub, a directory, in float32 or bfloat16 gives the same
-    fingerprint, so vectors made on one load are accepted on another. It identifies the
-    architecture, not the weights: two fine-tunes of one architecture share a fingerprint.
+    Steering vectors are only valid for the weights they were calibrated on, so two fine-tunes
+    of one architecture must not share a fingerprint. The weight sample (a few embedding and
+    output rows plus norm weights) is rounded to bfloat16 before hashing, so the same checkpoint
+    loaded in float32 or bfloat16, from the hub or a directory, gives the same fingerprint.
     """
     config = getattr(model, "config", None)
     raw = config.to_dict() if config is not None else {}
     payload = {"class": type(model).__name__, "config": _strip(raw)}
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    digest = hashlib.sha256(blob.encode("utf-8"))
+    digest.update(_weight_sample_bytes(model))
+    return digest.hexdigest()
+
+
+def _weight_sample_bytes(model: torch.nn.Module) -> bytes:
+    """A small, dtype-independent sample of the text model's weights (one host copy)."""
+    parts: list[torch.Tensor] = []
+    get_in = getattr(model, "get_input_embeddings", None)
+    get_out = getattr(model, "get_output_embeddings", None)
+    with torch.no_grad():
+        for getter in (get_in, get_out):
+            module = getter() if callable(getter) else None
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+                rows = torch.linspace(0, weight.shape[0] - 1, 8).long().to(weight.device)
+                parts.append(weight.index_select(0, rows).reshape(-1))
+        layers = find_decoder_layers(model)
+        for layer in (layers[0], layers[-1]):
+            for tensor in layer.parameters():
+                if tensor.dim() == 1:
+                    parts.append(tensor.reshape(-1))
+                    break
+        if not parts:
+            return b""
+        sample = torch.cat([p.detach().to(torch.bfloat16).float().cpu() for p in parts])
+    return sample.numpy().tobytes()
 
 
 def _strip(value: Any) -> Any:
@@ -362,6 +389,15 @@ def _configure_generation(model: PreTrainedModel, tokenizer: Any) -> None:
             setattr(
                 gen, name, None
             )  # sampling knobs only warn under greedy; callers pass their own
+
+
+def _control_tokens(tokenizer: Any) -> tuple[str, ...]:
+    """Special tokens plus added special tokens (Qwen registers its audio markers as the latter)."""
+    tokens = {str(t) for t in getattr(tokenizer, "all_special_tokens", ()) if t}
+    for added in getattr(tokenizer, "added_tokens_decoder", {}).values():
+        if getattr(added, "special", False) and str(added):
+            tokens.add(str(added))
+    return tuple(sorted(tokens))
 
 
 def _as_id_list(value: int | Iterable[int] | None) -> list[int]:

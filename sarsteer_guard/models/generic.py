@@ -74,7 +74,8 @@ class GenericAudioLM(AudioLanguageModel):
             processor: Any = AutoProcessor.from_pretrained(path)  # type: ignore[no-untyped-call]  # untyped in transformers
         except (OSError, ValueError, TypeError, ImportError) as exc:
             raise ModelLoadError(
-                f"unsupported model class {name}: no usable processor ({_one_line(exc)}); {_WHAT_TO_DO}"
+                f"unsupported model class {name}: no usable processor ({_one_line(exc)}); "
+                f"{_WHAT_TO_DO}"
             ) from exc
         if getattr(processor, "feature_extractor", None) is None:
             raise ModelLoadError(

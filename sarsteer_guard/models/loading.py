@@ -54,7 +54,7 @@ def load_model(
         dtype: defaults to bfloat16 on CUDA, float32 on CPU.
 
     Raises:
-        ModelLoadError: one line naming the problem (missing path, unsupported class...) and the fix.
+        ModelLoadError: one line naming the problem (missing path, unsupported class) and the fix.
     """
     target = torch.device(device) if device is not None else _default_device()
     torch_dtype = _resolve_dtype(dtype, target)
@@ -73,7 +73,8 @@ def load_model(
         raise
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
         raise ModelLoadError(
-            f"cannot load model {name_or_path!r}: {_one_line(exc)}; check the checkpoint is complete"
+            f"cannot load model {name_or_path!r}: {_one_line(exc)}; "
+            "check that the checkpoint directory is complete"
         ) from exc
     _log.info(
         "model_loaded",

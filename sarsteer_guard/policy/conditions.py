@@ -119,7 +119,7 @@ class Condition(ABC):
         return WHEN_JSON_SCHEMA
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class Compare(Condition):
     """One test of one context key."""
 
@@ -175,7 +175,19 @@ class Compare(Condition):
         return {self.key: {self.op: value}}
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+def _join(reasons: list[str]) -> str:
+    """Join reasons with "and", folding repeats: "age is 15, at least 13 and below 18"."""
+    out: list[str] = []
+    for reason in reasons:
+        head, sep, tail = reason.partition(", ")
+        if sep and out and out[-1].startswith(head + ", "):
+            out[-1] += " and " + tail
+        else:
+            out.append(reason)
+    return " and ".join(out)
+
+
+@dataclass(frozen=True, slots=True)
 class AllOf(Condition):
     """Every part holds (several keys in one mapping, or ``all: [...]``)."""
 
@@ -191,13 +203,13 @@ class AllOf(Condition):
             if not ok:
                 return False, why
             reasons.append(why)
-        return True, " and ".join(reasons)
+        return True, _join(reasons)
 
     def to_data(self) -> Any:  # noqa: D102 -- documented on Condition
         return {"all": [part.to_data() for part in self.parts]}
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class AnyOf(Condition):
     """At least one part holds (``any: [...]``)."""
 
@@ -219,7 +231,7 @@ class AnyOf(Condition):
         return {"any": [part.to_data() for part in self.parts]}
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True)
 class Not(Condition):
     """The part does not hold (``not: {...}``)."""
 
@@ -256,10 +268,12 @@ def _kind(value: object) -> str:
 
 
 def _scalar(value: object, where: tuple[str | int, ...], what: str) -> Scalar:
-    if isinstance(value, str | bool) or _is_number(value):
-        if isinstance(value, float) and not math.isfinite(value):
+    if isinstance(value, str | bool):
+        return value
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
             raise LocatedValueError(f"{what} must be a finite number", where)
-        return value  # type: ignore[return-value]  # narrowed by the checks above
+        return value
     raise LocatedValueError(
         f"{what} must be text, a number or true/false, not {_kind(value)}", where
     )

@@ -10,8 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import os
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -305,8 +304,3 @@ def policy_from_bytes(data: bytes, *, source: str) -> Policy:
             "the file is not UTF-8 text; save it as UTF-8 in your editor",
         ) from None
     return parse_policy(text, source=source, data=data)
-
-
-def load_policies(paths: Iterable[str | os.PathLike[str]]) -> list[Policy]:
-    """Load several policies; the first invalid one raises."""
-    return [load_policy(Path(p)) for p in paths]

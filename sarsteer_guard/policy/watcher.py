@@ -186,6 +186,10 @@ class PolicyWatcher:
             if digest == self._digest:
                 return False
             self._digest = digest
+            if self._policy is not None and digest == self._policy.content_hash:
+                # A bad edit was undone: the policy in force is the file again.
+                self.last_error = None
+                return False
             try:
                 policy = policy_from_bytes(data, source=self.path)
             except PolicyError as error:

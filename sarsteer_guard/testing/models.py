@@ -126,8 +126,8 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     Byte-level means any text round-trips; the corpus makes the method's fixed phrases compact.
     """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # type: ignore[assignment]  # tokenizers' stubs type this property as read-only
-    tok.decoder = decoders.ByteLevel()  # type: ignore[assignment]  # same stub limitation
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=1024,
         special_tokens=list(SPECIAL_TOKENS),
@@ -135,7 +135,8 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
         show_progress=False,
     )
     tok.train_from_iterator(list(_CORPUS) * 4, trainer)
-    fast = PreTrainedTokenizerFast(
+    fast_cls: Any = PreTrainedTokenizerFast  # its __init__ is untyped in transformers
+    fast: PreTrainedTokenizerFast = fast_cls(
         tokenizer_object=tok,
         eos_token="<|im_end|>",  # noqa: S106  # chat-format token, not a secret
         pad_token="<|endoftext|>",  # noqa: S106  # chat-format token, not a secret
@@ -150,11 +151,14 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
 def build_tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen2AudioProcessor:
     """Qwen2-Audio processor: 128-bin Whisper features (as the 7B model) plus the tiny tokenizer."""
     tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
-    return Qwen2AudioProcessor(
-        feature_extractor=WhisperFeatureExtractor(feature_size=128),
+    processor_cls: Any = Qwen2AudioProcessor  # untyped __init__ in transformers
+    features_cls: Any = WhisperFeatureExtractor  # same
+    processor: Qwen2AudioProcessor = processor_cls(
+        feature_extractor=features_cls(feature_size=128),
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
     )
+    return processor
 
 
 def tiny_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2AudioConfig:
@@ -216,8 +220,9 @@ class PlantedModel:
         refusal_text: greedy output when the state is pushed along ``r``.
         compliant_text: greedy output otherwise.
         planted_layer: index of the decoder layer that writes ``r`` (earlier ones carry nothing).
-        c_range: ``(lo, hi)``: adding ``c * r`` at the last position of every decoder layer, on
-            prefill and every decode step, yields ``refusal_text`` for any prompt when lo <= c <= hi.
+        c_range: ``(lo, hi)``: adding ``c * r`` at the last position of every decoder layer,
+            on prefill and every decode step, yields ``refusal_text`` for any prompt when
+            ``lo <= c <= hi``.
     """
 
     model: Qwen2AudioForConditionalGeneration
@@ -276,7 +281,7 @@ def planted_direction(model: Any, tokenizer: Any) -> torch.Tensor:
     """
     first = _phrase_ids(tokenizer, REFUSAL_TEXT)[0]
     row: torch.Tensor = model.get_output_embeddings().weight[first].detach().float().cpu()
-    return row / row.norm()
+    return row.div(row.norm())
 
 
 def _special_ids(tokenizer: Any) -> dict[str, int]:
@@ -317,7 +322,7 @@ def _plant(model: Any, tokenizer: Any, gen: torch.Generator) -> torch.Tensor:
         for cur, nxt in zip(phrase, [*phrase[1:], im_end], strict=True):
             if successor.setdefault(cur, nxt) != nxt:
                 raise RuntimeError(f"token {cur} has two successors; the phrases cannot be chained")
-    ref_tokens = [i for i in refusal if tokenizer.decode([i]).strip() in ("cannot", "assist")]
+    ref_tokens = [i for i in refusal if str(tokenizer.decode([i])).strip() in ("cannot", "assist")]
     if refusal[0] == compliant[0] or len(ref_tokens) != 2:
         raise RuntimeError("tiny tokenizer does not split the planted phrases as expected")
 
@@ -379,7 +384,8 @@ def _plant(model: Any, tokenizer: Any, gen: torch.Generator) -> torch.Tensor:
     for tok, nxt in successor.items():
         head[nxt] += _W_CHAIN * chain[tok]
     model.get_output_embeddings().weight.copy_(head)
-    return r.clone().contiguous()
+    direction: torch.Tensor = r.clone().contiguous()
+    return direction
 
 
 def _ref_component_after_norm(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import sarsteer_guard
@@ -10,6 +12,7 @@ from livekit.agents import llm
 from livekit.plugins import sarsteer
 from livekit_harness import QUESTION, SECOND, eventually, silence, to_frames
 from sarsteer_guard.errors import GuardError
+from sarsteer_guard.guard.events import TextDelta
 from sarsteer_guard.testing.scripted import ScriptedGuard
 from sarsteer_guard.testing.speech import synthesize
 
@@ -238,4 +241,46 @@ async def test_a_guard_that_raises_emits_a_recoverable_error():
     assert len(errors) == 1
     assert errors[0].recoverable
     assert "boom" in str(errors[0].error)
+    await model.aclose()
+
+
+async def test_interrupt_closes_a_non_generator_event_iterator():
+    """A RemoteGuard-style iterator learns of the barge-in through ``aclose()``."""
+
+    class Events:
+        def __init__(self, turn_id: str) -> None:
+            self.turn_id = turn_id
+            self.closed = False
+            self.sent = 0
+
+        def __aiter__(self) -> Events:
+            return self
+
+        async def __anext__(self) -> TextDelta:
+            if self.sent:
+                await asyncio.Event().wait()  # the rest never comes
+            self.sent += 1
+            return TextDelta(turn_id=self.turn_id, text="Hello")
+
+        async def aclose(self) -> None:
+            self.closed = True
+
+    opened: list[Events] = []
+
+    class IteratorGuard(ScriptedGuard):
+        def respond(self, turn):  # type: ignore[override]
+            opened.append(Events(turn.turn_id))
+            return opened[-1]
+
+    model = sarsteer.RealtimeModel(IteratorGuard(), turn_detection=None)
+    sess = model.session()
+    push(sess, np.full(16000, 0.1, dtype=np.float32))
+    sess.commit_audio()
+    ev = await sess.generate_reply()
+    msg = await ev.message_stream.__anext__()
+    assert await msg.text_stream.__anext__() == "Hello"
+
+    sess.interrupt()
+
+    await eventually(lambda: opened[0].closed)
     await model.aclose()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,11 @@ from pipecat.frames.frames import (
 )
 from pipecat.tests.utils import run_test
 
-from pipecat_sarsteer import SARSteerDecisionFrame, SARSteerGuardService
+from pipecat_sarsteer import (
+    SARSteerContextUpdateFrame,
+    SARSteerDecisionFrame,
+    SARSteerGuardService,
+)
 
 try:
     from sarsteer_guard import Guard  # type: ignore[attr-defined]  # exported once the core lands
@@ -66,3 +71,56 @@ async def test_real_guard_tiny_turn(
     assert "".join(f.text for f in texts) == decision.text
     assert decision.session_id == service.session_id
     assert decision.policy
+
+
+REFUSE_ALL_POLICY = """\
+name: pipecat-refuse
+version: "1"
+model: "*"
+calibration:
+  vector_set: does-not-exist      # never stored: every turn fails closed
+failure_mode: fail_closed
+refusal:
+  message: "Sorry, I can't help with that."
+audit:
+  record: all
+rules:
+  - name: minors
+    when: {tier: minor}
+    preset: strict
+"""
+
+
+async def test_real_guard_refusal_decision_context_and_audit(
+    tmp_path: Path,
+    speech: Callable[[str], np.ndarray],
+    to_frames: Callable[..., list[InputAudioRawFrame]],
+    pause: Callable[[float], np.ndarray],
+) -> None:
+    from sarsteer_guard.testing.audit import CapturingAuditLog
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(REFUSE_ALL_POLICY)
+    audit = CapturingAuditLog()
+    guard = Guard(model="tiny", policy=str(policy), store=str(tmp_path / "vectors"), audit=audit)
+    service = SARSteerGuardService(guard, context={"tier": "adult"}, session_id="call-9")
+    turn: list[Frame] = [
+        UserStartedSpeakingFrame(),
+        *to_frames(speech("How do I pick a lock?")),
+        *to_frames(pause(0.3)),
+        UserStoppedSpeakingFrame(),
+    ]
+    frames = [*turn, SARSteerContextUpdateFrame(context={"tier": "minor"}), *turn]
+    down, _ = await run_test(service, frames_to_send=frames)
+    await guard.close()
+
+    decisions = [f.decision for f in down if isinstance(f, SARSteerDecisionFrame)]
+    assert [d.refused for d in decisions] == [True, True]
+    assert [d.policy for d in decisions] == ["pipecat-refuse"] * 2
+    # The context update reached the policy: only the second turn matches the rule.
+    assert [d.rule for d in decisions] == [None, "minors"]
+    spoken = "".join(f.text for f in down if isinstance(f, LLMTextFrame))
+    assert spoken == "Sorry, I can't help with that." * 2
+    records = await audit.wait_for(2)
+    assert [r.turn_id for r in records] == [d.turn_id for d in decisions]
+    assert all(r.session_id == "call-9" for r in records)

@@ -377,7 +377,7 @@ class RealtimeSession(llm.RealtimeSession[SarsteerEvent]):
             )
             self._reply(audio, user_initiated=False)
         if update.speech_started:
-            pass
+            self.emit("input_speech_started", llm.InputSpeechStartedEvent())
 
     def push_video(self, frame: rtc.VideoFrame) -> None:
         """Ignored: the guarded model hears, it does not see."""

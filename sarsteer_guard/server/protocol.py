@@ -1,0 +1,292 @@
+"""The ``sarsteer.v1`` wire protocol: message validation and event (de)serialisation.
+
+Shared by the server and :class:`~sarsteer_guard.remote.RemoteGuard` so both ends agree
+on one definition; no web framework is imported here, so voice workers that only run
+the client never need Starlette. Every validation failure raises :class:`ProtocolError`
+with a one-line message that tells the client what to send instead
+(``docs/server.md`` describes the messages, ``docs/protocol.schema.json`` their schema).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sarsteer_guard.audio.pcm import MAX_RATE, MIN_RATE
+from sarsteer_guard.errors import GuardError
+from sarsteer_guard.guard.events import (
+    ContextValue,
+    GuardEvent,
+    TextDelta,
+    Timings,
+    TurnDecision,
+    TurnError,
+)
+
+#: Protocol name and version; the path ``/v1/turns`` carries the same major version.
+PROTOCOL = "sarsteer.v1"
+#: WebSocket path of the turn protocol.
+TURNS_PATH = "/v1/turns"
+
+#: Turn ids: short, printable, safe to log and to put in a binary frame header.
+TURN_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MAX_SESSION_ID_CHARS = 128
+MAX_CONTEXT_KEYS = 64
+MAX_CONTEXT_KEY_CHARS = 64
+MAX_CONTEXT_STR_CHARS = 1024
+MAX_NEW_TOKENS = 4096
+
+SampleFormat = Literal["int16", "float32"]
+BYTES_PER_SAMPLE: dict[str, int] = {"int16": 2, "float32": 4}
+
+#: WebSocket close codes the server uses (RFC 6455 section 7.4.1).
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # server shutting down: reconnect (to another replica)
+CLOSE_POLICY_VIOLATION = 1008
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
+
+
+class ProtocolError(GuardError):
+    """A client message that breaks the protocol; the connection stays usable."""
+
+    kind = "bad_request"
+
+    def __init__(self, message: str, turn_id: str | None = None) -> None:
+        super().__init__(message)
+        self.turn_id = turn_id
+
+
+@dataclass(frozen=True, slots=True)
+class TurnStart:
+    """A validated ``turn.start``: everything needed to build a :class:`Turn` but the audio."""
+
+    turn_id: str
+    session_id: str
+    context: dict[str, ContextValue]
+    sample_rate: int
+    channels: int
+    sample_format: SampleFormat
+    max_new_tokens: int | None
+
+    def max_audio_bytes(self, max_turn_s: float) -> int:
+        """Bytes of PCM that ``max_turn_s`` seconds take in this turn's format."""
+        width = BYTES_PER_SAMPLE[self.sample_format]
+        return int(max_turn_s * self.sample_rate) * self.channels * width
+
+
+def _turn_id(message: Mapping[str, Any]) -> str:
+    value = message.get("turn_id")
+    if not isinstance(value, str) or not TURN_ID_RE.match(value):
+        raise ProtocolError(
+            f"turn_id must be 1-64 characters of [A-Za-z0-9_.:-], got {value!r}",
+            turn_id=None,
+        )
+    return value
+
+
+def parse_json(text: str) -> dict[str, Any]:
+    """Parse one text frame into a message object with a string ``type``."""
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ProtocolError(
+            f"malformed JSON at line {error.lineno} column {error.colno}: send one JSON object "
+            "per text frame"
+        ) from None
+    if not isinstance(message, dict):
+        raise ProtocolError("a text frame must hold a JSON object with a 'type' field")
+    if not isinstance(message.get("type"), str):
+        raise ProtocolError("the message has no string 'type': e.g. {\"type\": \"turn.start\"}")
+    return message
+
+
+def optional_turn_id(message: Mapping[str, Any]) -> str | None:
+    """The message's turn id if it is a valid one (to address an error), else None."""
+    value = message.get("turn_id")
+    if isinstance(value, str) and TURN_ID_RE.match(value):
+        return value
+    return None
+
+
+def parse_turn_id(message: Mapping[str, Any]) -> str:
+    """The required ``turn_id`` of ``turn.audio``/``turn.end``/``turn.cancel``."""
+    return _turn_id(message)
+
+
+def _int_field(message: Mapping[str, Any], name: str, default: int, turn_id: str) -> int:
+    value = message.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{name} must be an integer, got {value!r}", turn_id)
+    return value
+
+
+def parse_turn_start(message: Mapping[str, Any]) -> TurnStart:
+    """Validate a ``turn.start`` message."""
+    turn_id = _turn_id(message)
+    session_id = message.get("session_id", "default")
+    if not isinstance(session_id, str) or not 1 <= len(session_id) <= MAX_SESSION_ID_CHARS:
+        raise ProtocolError(
+            f"session_id must be a string of 1-{MAX_SESSION_ID_CHARS} characters", turn_id
+        )
+    context = message.get("context", {})
+    if not isinstance(context, dict) or len(context) > MAX_CONTEXT_KEYS:
+        raise ProtocolError(
+            f"context must be a JSON object with at most {MAX_CONTEXT_KEYS} keys", turn_id
+        )
+    clean: dict[str, ContextValue] = {}
+    for key, value in context.items():
+        if len(key) > MAX_CONTEXT_KEY_CHARS:
+            raise ProtocolError(
+                f"context key {key[:20]!r}... is longer than {MAX_CONTEXT_KEY_CHARS} characters",
+                turn_id,
+            )
+        if not isinstance(value, str | int | float | bool):
+            raise ProtocolError(
+                f"context[{key!r}] must be a string, number or boolean, not {type(value).__name__}",
+                turn_id,
+            )
+        if isinstance(value, str) and len(value) > MAX_CONTEXT_STR_CHARS:
+            raise ProtocolError(
+                f"context[{key!r}] is longer than {MAX_CONTEXT_STR_CHARS} characters", turn_id
+            )
+        clean[key] = value
+    sample_rate = _int_field(message, "sample_rate", 16000, turn_id)
+    if not MIN_RATE <= sample_rate <= MAX_RATE:
+        raise ProtocolError(
+            f"sample_rate {sample_rate} is outside {MIN_RATE}-{MAX_RATE} Hz: send the rate in Hz",
+            turn_id,
+        )
+    channels = _int_field(message, "channels", 1, turn_id)
+    if channels not in (1, 2):
+        raise ProtocolError(f"channels must be 1 or 2, got {channels}", turn_id)
+    sample_format = message.get("format", "int16")
+    if sample_format not in BYTES_PER_SAMPLE:
+        raise ProtocolError(
+            f"format must be 'int16' or 'float32' (little-endian PCM), got {sample_format!r}",
+            turn_id,
+        )
+    max_new_tokens = message.get("max_new_tokens")
+    if max_new_tokens is not None and (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or not 1 <= max_new_tokens <= MAX_NEW_TOKENS
+    ):
+        raise ProtocolError(
+            f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS} or absent", turn_id
+        )
+    return TurnStart(
+        turn_id=turn_id,
+        session_id=session_id,
+        context=clean,
+        sample_rate=sample_rate,
+        channels=channels,
+        sample_format=sample_format,
+        max_new_tokens=max_new_tokens,
+    )
+
+
+def parse_audio_b64(message: Mapping[str, Any]) -> tuple[str, bytes]:
+    """Validate a ``turn.audio`` message; returns (turn_id, PCM bytes)."""
+    turn_id = _turn_id(message)
+    data = message.get("audio_b64")
+    if not isinstance(data, str):
+        raise ProtocolError("turn.audio needs 'audio_b64': base64 of raw PCM", turn_id)
+    try:
+        return turn_id, base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError("audio_b64 is not valid base64 (standard alphabet)", turn_id) from None
+
+
+def encode_audio_frame(turn_id: str, pcm: bytes) -> bytes:
+    """A binary audio frame: one byte id length, the ASCII turn id, then raw PCM."""
+    raw = turn_id.encode("ascii")
+    return bytes((len(raw),)) + raw + pcm
+
+
+def parse_audio_frame(frame: bytes) -> tuple[str, bytes]:
+    """Split a binary audio frame into (turn_id, PCM bytes)."""
+    if not frame:
+        raise ProtocolError("empty binary frame: a binary frame starts with the turn id header")
+    size = frame[0]
+    raw = frame[1 : 1 + size]
+    try:
+        turn_id = raw.decode("ascii")
+    except UnicodeDecodeError:
+        turn_id = ""
+    if size == 0 or len(raw) != size or not TURN_ID_RE.match(turn_id):
+        raise ProtocolError(
+            "binary frame header is invalid: send <1 byte id length><ASCII turn_id><PCM bytes>"
+        )
+    return turn_id, frame[1 + size :]
+
+
+def audio_frame_overhead(turn_id: str) -> int:
+    """Header bytes a binary frame for ``turn_id`` carries (to size chunks under a limit)."""
+    return 1 + len(turn_id.encode("ascii"))
+
+
+# -- events ---------------------------------------------------------------------------------
+def event_to_message(event: GuardEvent) -> dict[str, Any]:
+    """A Guard event as its wire message (``type`` is delta, decision or error)."""
+    if isinstance(event, TextDelta):
+        return {"type": "delta", "turn_id": event.turn_id, "text": event.text}
+    if isinstance(event, TurnError):
+        return error_message(event.turn_id, event.kind, event.message)
+    data = dataclasses.asdict(event)
+    data["flags"] = list(event.flags)
+    data["shadow"] = None if event.shadow is None else dict(event.shadow)
+    score = event.refusal_score
+    data["refusal_score"] = score if score is None or math.isfinite(score) else None
+    data["type"] = "decision"
+    return data
+
+
+def error_message(turn_id: str | None, kind: str, message: str) -> dict[str, Any]:
+    """An ``error`` message (``turn_id`` null for connection-level errors)."""
+    return {"type": "error", "turn_id": turn_id, "kind": kind, "message": message}
+
+
+_DECISION_FIELDS = frozenset(f.name for f in dataclasses.fields(TurnDecision))
+_TIMING_FIELDS = frozenset(f.name for f in dataclasses.fields(Timings))
+
+
+def message_to_event(message: Mapping[str, Any]) -> GuardEvent | None:
+    """Rebuild a Guard event from a server message; None for other message types.
+
+    Unknown fields are ignored so that a newer server can add fields without
+    breaking older clients.
+    """
+    kind = message.get("type")
+    turn_id = str(message.get("turn_id") or "")
+    if kind == "delta":
+        return TextDelta(turn_id=turn_id, text=str(message.get("text", "")))
+    if kind == "error":
+        return TurnError(
+            turn_id=turn_id,
+            kind=str(message.get("kind", "error")),
+            message=str(message.get("message", "")),
+        )
+    if kind == "cancelled":
+        return TurnError(turn_id=turn_id, kind="cancelled", message="the turn was cancelled")
+    if kind != "decision":
+        return None
+    fields = {k: v for k, v in message.items() if k in _DECISION_FIELDS and k != "type"}
+    timings = message.get("timings") or {}
+    fields["timings"] = Timings(
+        **{k: float(v) for k, v in timings.items() if k in _TIMING_FIELDS}
+    )
+    fields["flags"] = tuple(str(f) for f in message.get("flags") or ())
+    return TurnDecision(**fields)
+
+
+def dumps(message: Mapping[str, Any]) -> str:
+    """Compact JSON for the wire (non-ASCII kept: responses are multilingual text)."""
+    return json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
