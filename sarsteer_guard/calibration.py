@@ -201,7 +201,9 @@ def calibrate(
     benign_base, benign_refusal = capture_pairs(
         lm, benign.items, config, desc="benign turns", progress=progress
     )
-    vectors = refusal_vectors(harmful_base, harmful_refusal, benign_base, k=config.k, lam=config.lam)
+    vectors = refusal_vectors(
+        harmful_base, harmful_refusal, benign_base, k=config.k, lam=config.lam
+    )
     seconds = time.perf_counter() - started
     meta = VectorMeta(
         model_id=lm.model_id,
@@ -219,7 +221,9 @@ def calibrate(
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     rows = 2 * (len(harmful.items) + len(benign.items))
-    log.info("calibration.done", seconds=round(seconds, 2), rows_per_second=round(rows / seconds, 1))
+    log.info(
+        "calibration.done", seconds=round(seconds, 2), rows_per_second=round(rows / seconds, 1)
+    )
     return CalibrationResult(
         vectors=SteeringVectors(vectors=vectors, meta=meta),
         activations=Activations(harmful_base, harmful_refusal, benign_base, benign_refusal),

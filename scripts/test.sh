@@ -1,15 +1,35 @@
 #!/usr/bin/env bash
-# Install sarsteer-guard into .venv (CPU torch, pinned first) and run lint, types and tests.
-# This is the README's test command; .ci/run calls it after installing system packages.
+# The README's test command: install what the tests need on a fresh machine, then run
+# lint (ruff), types (mypy strict) and the whole pytest suite (core + both integrations).
+#   - Debian packages: espeak-ng and sox (real speech fixtures), redis-server
+#   - a Redis at $REDIS_URL (started on 127.0.0.1:6379 if none answers)
+#   - .venv with CPU torch pinned *first* (otherwise pip pulls multi-GB CUDA wheels)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/0}"
 
-PY="${PYTHON:-python3}"
+SUDO=""
+if [ "$(id -u)" != "0" ] && command -v sudo >/dev/null; then SUDO="sudo"; fi
+missing=()
+command -v espeak-ng >/dev/null || missing+=(espeak-ng)
+command -v sox >/dev/null || missing+=(sox libsox-fmt-all)
+command -v redis-server >/dev/null || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "== apt-get install ${missing[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then
+  echo "== starting redis-server on 127.0.0.1:6379 (no persistence)"
+  redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+  for _ in $(seq 1 50); do redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
 if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+  "${PYTHON:-python3}" -m venv .venv
 fi
 VPY=.venv/bin/python
-# Pin torch before anything that depends on it, or pip resolves a multi-GB CUDA build.
 "$VPY" -m pip install -q --disable-pip-version-check "torch==2.13.0"
 packages=(-e '.[dev]')
 for dir in integrations/*/; do

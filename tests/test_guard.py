@@ -113,12 +113,16 @@ def test_streamed_deltas_concatenate_to_the_decision_text(
     assert isinstance(decision, TurnDecision)
     assert len(deltas) >= 2
     assert "".join(deltas) == decision.text == decision.model_text
-    assert decision.steered and decision.alpha == pytest.approx(0.1)
-    assert decision.policy == "guard-test" and decision.policy_version == "7"
-    assert decision.vector_set_id is not None and decision.refusal_score is not None
+    assert decision.steered
+    assert decision.alpha == pytest.approx(0.1)
+    assert decision.policy == "guard-test"
+    assert decision.policy_version == "7"
+    assert decision.vector_set_id is not None
+    assert decision.refusal_score is not None
     assert 0 < decision.tokens <= 12
     assert decision.timings.first_token_ms <= decision.timings.total_ms
-    assert len(audit.records) == 1 and audit.records[0].turn_id == decision.turn_id
+    assert len(audit.records) == 1
+    assert audit.records[0].turn_id == decision.turn_id
     assert audit.verify().ok
 
 
@@ -147,13 +151,16 @@ def test_planted_model_is_steered_to_refuse_and_the_fixed_message_is_served(
     assert "refusal_message_served" in decision.flags
     unsteered = off[-1]
     assert isinstance(unsteered, TurnDecision)
-    assert not unsteered.refused and not unsteered.steered
+    assert not unsteered.refused
+    assert not unsteered.steered
     assert unsteered.text == COMPLIANT_TEXT
     assert unsteered.rule == "off"
     record = audit.records[0]
-    assert record.refused and record.detector.fixed_message
+    assert record.refused
+    assert record.detector.fixed_message
     assert record.served_text == "Let us talk about something else."
-    assert record.audio is None and len(record.audio_sha256) == 64
+    assert record.audio is None
+    assert len(record.audio_sha256) == 64
 
 
 def test_concurrent_turns_with_different_alphas_match_running_alone(
@@ -232,11 +239,14 @@ def test_fail_closed_and_fail_open_when_the_store_is_down(
         return decision
 
     closed = run(one("fail_closed"))
-    assert closed.refused and not closed.steered
+    assert closed.refused
+    assert not closed.steered
     assert {"vectors_unavailable", "fail_closed"} <= set(closed.flags)
-    assert closed.text and closed.tokens == 0
+    assert closed.text
+    assert closed.tokens == 0
     opened = run(one("fail_open"))
-    assert not opened.steered and opened.tokens > 0
+    assert not opened.steered
+    assert opened.tokens > 0
     assert {"vectors_unavailable", "fail_open"} <= set(opened.flags)
 
 
@@ -262,9 +272,12 @@ def test_a_corrupt_turn_fails_alone(
 
     good1, bad, empty, good2 = run(go())
     for events in (bad, empty):
-        assert len(events) == 1 and isinstance(events[0], TurnError)
-        assert events[0].kind == "audio" and "\n" not in events[0].message
-    assert isinstance(good1[-1], TurnDecision) and isinstance(good2[-1], TurnDecision)
+        assert len(events) == 1
+        assert isinstance(events[0], TurnError)
+        assert events[0].kind == "audio"
+        assert "\n" not in events[0].message
+    assert isinstance(good1[-1], TurnDecision)
+    assert isinstance(good2[-1], TurnDecision)
 
 
 def test_shadow_mode_serves_unsteered_and_records_what_enforce_would_do(
@@ -279,9 +292,12 @@ def test_shadow_mode_serves_unsteered_and_records_what_enforce_would_do(
 
     decision = run(go())[-1]
     assert isinstance(decision, TurnDecision)
-    assert decision.mode == "shadow" and decision.rule == "watch"
-    assert decision.text == COMPLIANT_TEXT and not decision.steered
-    assert decision.shadow is not None and decision.shadow["refused"] is True
+    assert decision.mode == "shadow"
+    assert decision.rule == "watch"
+    assert decision.text == COMPLIANT_TEXT
+    assert not decision.steered
+    assert decision.shadow is not None
+    assert decision.shadow["refused"] is True
     assert audit.records[0].mode == "shadow"
 
 
@@ -307,7 +323,8 @@ def test_overload_gives_a_clear_error_instead_of_queueing_forever(
     results = run(go())
     overloaded = [r for r in results if isinstance(r[-1], TurnError)]
     answered = [r for r in results if isinstance(r[-1], TurnDecision)]
-    assert overloaded and answered
+    assert overloaded
+    assert answered
     assert all(r[-1].kind == "overloaded" for r in overloaded)
 
 

@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; a user-fixable problem prints one line on stderr and exits 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _quiet_third_party()
     try:
         return int(args.func(args) or 0)
     except GuardError as error:
@@ -49,6 +50,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("sarsteer-guard: interrupted", file=sys.stderr)
         return 130
+
+
+def _quiet_third_party() -> None:
+    """Transformers' own loading bars and warnings are noise next to our progress and logs."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # untyped in transformers
+        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -56,8 +57,8 @@ def run(args: argparse.Namespace) -> int:
     harmful = load_manifest(args.harmful)
     benign = load_manifest(args.benign)
     if args.limit is not None:
-        harmful = harmful.head(args.limit)
-        benign = benign.head(args.limit)
+        harmful = dataclasses.replace(harmful, items=harmful.items[: args.limit])
+        benign = dataclasses.replace(benign, items=benign.items[: args.limit])
     lm = load_model(args.model)
     config = CalibrationConfig(
         prompt=args.prompt,

@@ -1,85 +1,135 @@
-"""``sarsteer-guard respond``: answer one spoken request, steered or not."""
+"""``sarsteer-guard respond``: answer one spoken request through the Guard."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import json
-import time
+import sys
 from pathlib import Path
 from typing import Any
+
+from sarsteer_guard.cli._common import parse_context
 
 
 def register(subparsers: Any) -> None:
     """Add the ``respond`` command."""
-    from sarsteer_guard.defaults import DEFAULT_ALPHA, DEFAULT_MAX_NEW_TOKENS, DEFAULT_PROMPT
+    from sarsteer_guard.defaults import DEFAULT_MAX_NEW_TOKENS
 
     p = subparsers.add_parser(
         "respond",
-        help="answer one audio file with the model, steered by a vector file",
-        description="Run the audio-language model on one spoken request. With --vectors the "
-        "SARSteer hooks add alpha * v_l at the last position of every decoder layer.",
+        help="answer one audio file with the guarded model",
+        description="Run one spoken request through the Guard: the policy picks the steering "
+        "for the context, vectors come from --vectors or the store (calibrated on first use), "
+        "and the answer is printed as text or JSON.",
     )
     p.add_argument("--model", default="tiny", help="hub id, local directory, or a built-in: tiny")
     p.add_argument("--audio", type=Path, required=True, help="WAV/FLAC/OGG/MP3, any rate")
     p.add_argument("--vectors", type=Path, default=None, help="vector file from `calibrate`")
-    p.add_argument("--alpha", type=float, default=DEFAULT_ALPHA, help="steering strength")
-    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt sent with the audio")
+    p.add_argument("--alpha", type=float, default=None, help="override the policy's alpha")
+    p.add_argument("--prompt", default=None, help="text sent with the audio (default: policy's)")
+    p.add_argument("--policy", type=Path, default=None, help="policy YAML (default: shipped)")
+    p.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="turn context for policy rules (repeatable), e.g. channel=kids",
+    )
+    p.add_argument("--store", default=None, help="vector store: redis://... or a directory")
+    p.add_argument("--audit", default=None, help="audit log: redis://..., sqlite:///... or path")
+    p.add_argument("--session", default="cli", help="session id recorded with the turn")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
-    p.add_argument("--refusal-keyword", action="append", default=[], metavar="TEXT")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument(
+        "--json", action="store_true", help="print JSON (one line per event with --stream)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load, optionally steer, generate, detect refusal, print."""
-    import torch
-
-    from sarsteer_guard.audio import load_audio
+    """Validate inputs before loading anything heavy, then run one turn."""
+    from sarsteer_guard.audio.decode import read_audio
     from sarsteer_guard.errors import GuardError
-    from sarsteer_guard.models import Message, load_model
-    from sarsteer_guard.refusal import RefusalDetector
-    from sarsteer_guard.steering import SteeringHooks, SteeringVectors
 
     if args.max_new_tokens < 1:
         raise GuardError("--max-new-tokens must be at least 1")
-    if args.alpha < 0:
-        raise GuardError("--alpha must be >= 0 (0 turns steering off)")
-    lm = load_model(args.model)
-    clip = load_audio(args.audio, target_rate=lm.sampling_rate)
-    vectors = None
-    if args.vectors is not None:
-        vectors = SteeringVectors.load(args.vectors)
-        vectors.check_compatible(
-            num_layers=lm.num_layers, hidden_size=lm.hidden_size, fingerprint=lm.fingerprint
-        )
-    inputs = lm.encode([[Message(role="user", text=args.prompt, audio=clip)]])
-    steered = vectors is not None and args.alpha > 0
-    started = time.perf_counter()
-    with torch.inference_mode():
-        if steered and vectors is not None:
-            with SteeringHooks(lm.decoder_layers, vectors.vectors, alpha=args.alpha):
-                new_ids = lm.generate(inputs, max_new_tokens=args.max_new_tokens)
-        else:
-            new_ids = lm.generate(inputs, max_new_tokens=args.max_new_tokens)
-    latency_ms = (time.perf_counter() - started) * 1000
-    text = lm.decode(new_ids[0])
-    verdict = RefusalDetector(args.refusal_keyword)(text)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "text": text,
-                    "alpha": args.alpha if steered else 0.0,
-                    "steered": steered,
-                    "refused": verdict.refused,
-                    "refusal_keyword": verdict.keyword,
-                    "latency_ms": round(latency_ms, 1),
-                    "tokens": int(new_ids.shape[-1]),
-                    "model": lm.model_id,
-                    "vectors": vectors.digest if vectors is not None else None,
-                }
-            )
-        )
+    if args.alpha is not None and not 0 <= args.alpha <= 10:
+        raise GuardError("--alpha must be between 0 and 10 (0 turns steering off)")
+    context = parse_context(args.context)
+    audio, rate = read_audio(args.audio)  # fail on bad audio before loading a model
+    return asyncio.run(_respond(args, audio, rate, context))
+
+
+async def _respond(args: argparse.Namespace, audio: Any, rate: int, context: Any) -> int:
+    from sarsteer_guard.guard.core import Guard
+    from sarsteer_guard.guard.events import TextDelta, Turn, TurnDecision
+
+    guard = Guard(
+        args.model,
+        args.policy,
+        args.store,
+        args.audit,
+        vectors=args.vectors,
+        alpha=args.alpha,
+        turn_prompt=args.prompt,
+        watch_policy=False,
+        progress=True,
+    )
+    turn = Turn(
+        audio=audio,
+        sample_rate=rate,
+        sample_format="float32",
+        session_id=args.session,
+        context=context,
+        max_new_tokens=args.max_new_tokens,
+        history=[],
+    )
+    status = 0
+    async with guard:
+        async for event in guard.respond(turn):
+            if isinstance(event, TextDelta):
+                if args.stream:
+                    _print_delta(event, as_json=args.json)
+            elif isinstance(event, TurnDecision):
+                _print_decision(event, streamed=args.stream, as_json=args.json)
+            else:
+                print(f"sarsteer-guard: error: {event.message}", file=sys.stderr)
+                status = 2
+    return status
+
+
+def _print_delta(event: Any, *, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(dataclasses.asdict(event)), flush=True)
     else:
-        print(text)
-    return 0
+        print(event.text, end="", flush=True)
+
+
+def _print_decision(event: Any, *, streamed: bool, as_json: bool) -> None:
+    if not as_json:
+        print("" if streamed else event.text)
+        return
+    record = {
+        "text": event.text,
+        "model_text": event.model_text,
+        "alpha": event.alpha,
+        "steered": event.steered,
+        "refused": event.refused,
+        "refusal_keyword": event.refusal_keyword,
+        "refusal_score": event.refusal_score,
+        "latency_ms": event.timings.total_ms,
+        "tokens": event.tokens,
+        "policy": f"{event.policy}@{event.policy_version}",
+        "rule": event.rule,
+        "mode": event.mode,
+        "flags": list(event.flags),
+        "vector_set_id": event.vector_set_id,
+        "turn_id": event.turn_id,
+        "audit_id": event.audit_id,
+        "timings": dataclasses.asdict(event.timings),
+    }
+    if streamed:
+        record["type"] = "decision"
+    print(json.dumps(record), flush=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import time
 from collections.abc import AsyncIterator
@@ -63,6 +64,10 @@ class Guard:
             many characters are known so a refusal can be replaced before it is spoken.
         turn_prompt: text sent with each user turn; None = the calibration prompt.
         history_turns / history_tokens: per-session conversation budget.
+        vectors: a vector file path or ``SteeringVectors`` used for every turn instead of
+            the store (experiments, the CLI's ``--vectors``); checked against the model.
+        alpha: overrides the policy's alpha for every turn (experiments, ``--alpha``).
+        progress: show progress bars when vectors have to be calibrated.
     """
 
     def __init__(
@@ -83,6 +88,9 @@ class Guard:
         history_tokens: int = 2048,
         watch_policy: bool = True,
         calibration_batch_size: int = 8,
+        vectors: Any = None,
+        alpha: float | None = None,
+        progress: bool = False,
     ) -> None:
         self._model_spec = model
         self._policy_spec = policy
@@ -97,6 +105,9 @@ class Guard:
         self.turn_prompt = turn_prompt
         self.watch_policy = watch_policy
         self.calibration_batch_size = calibration_batch_size
+        self._vectors_spec = vectors
+        self.alpha_override = alpha
+        self.progress = progress
         self.conversations = ConversationStore(
             max_exchanges=history_turns, max_tokens=history_tokens
         )
@@ -139,7 +150,13 @@ class Guard:
             if self._audit_spec is None or isinstance(self._audit_spec, str | Path)
             else self._audit_spec
         )
-        self._vectors = VectorProvider(self.lm, self._store, batch_size=self.calibration_batch_size)
+        self._vectors = VectorProvider(
+            self.lm,
+            self._store,
+            batch_size=self.calibration_batch_size,
+            progress=self.progress,
+            fixed=self._fixed_vectors(),
+        )
         self.engine = GenerationEngine(
             self.lm,
             max_batch_size=self.max_batch_size,
@@ -154,6 +171,20 @@ class Guard:
             policy=self.policy.name,
             seconds=round(time.perf_counter() - started, 2),
         )
+
+    def _fixed_vectors(self) -> Any:
+        if self._vectors_spec is None:
+            return None
+        from sarsteer_guard.steering import SteeringVectors
+
+        spec = self._vectors_spec
+        vectors = spec if isinstance(spec, SteeringVectors) else SteeringVectors.load(spec)
+        vectors.check_compatible(
+            num_layers=self.lm.num_layers,
+            hidden_size=self.lm.hidden_size,
+            fingerprint=self.lm.fingerprint,
+        )
+        return vectors
 
     async def start(self) -> None:
         """Load (in a thread, so the event loop keeps serving) and start the engine."""
@@ -232,6 +263,8 @@ class Guard:
         policy = self.policy
         try:
             decision = policy.evaluate(dict(turn.context))
+            if self.alpha_override is not None:
+                decision = dataclasses.replace(decision, alpha=self.alpha_override)
             audio = self._turn_audio(turn)
         except GuardError as error:
             metrics.FAILURES.labels(kind=error.kind).inc()
@@ -428,13 +461,13 @@ class Guard:
                 elif kind == "done":
                     result = payload
                 else:
-                    error = payload
-                    kind_name = getattr(error, "kind", "model")
+                    failure = payload
+                    kind_name = getattr(failure, "kind", "model")
                     metrics.FAILURES.labels(kind=kind_name).inc()
                     yield TurnError(
                         turn.turn_id,
                         kind_name,
-                        f"the model failed on this turn ({type(error).__name__}: {error}); "
+                        f"the model failed on this turn ({type(failure).__name__}: {failure}); "
                         "the session can continue",
                     )
                     return

@@ -323,15 +323,14 @@ class GenerationEngine:
         self.batches_run += 1
         self.batch_sizes.append(len(batch))
         with torch.inference_mode():
-            if (
-                spec.vectors is not None
-                and any(a != 0.0 for a in alphas)
-                or (spec.vectors is not None and spec.readout_layer is not None)
-            ):
-                assert spec.vectors is not None  # for the type checker; checked just above
+            vectors = spec.vectors
+            steering = vectors is not None and (
+                any(a != 0.0 for a in alphas) or spec.readout_layer is not None
+            )
+            if steering and vectors is not None:
                 hooks = SteeringHooks(
                     lm.decoder_layers,
-                    spec.vectors,
+                    vectors,
                     alpha=torch.tensor(alphas, dtype=torch.float32),
                     beta=None if spec.beta is None else torch.tensor(spec.beta),
                     layer_ids=None if spec.layer_ids is None else list(spec.layer_ids),

@@ -10,9 +10,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-import numpy as np
+if TYPE_CHECKING:  # numpy stays unimported for tools that only read policies or audit logs
+    import numpy as np
 
 ContextValue = str | int | float | bool
 TurnContext = Mapping[str, ContextValue]

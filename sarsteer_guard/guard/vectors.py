@@ -69,6 +69,7 @@ class VectorProvider:
         *,
         batch_size: int = 8,
         progress: bool = False,
+        fixed: SteeringVectors | None = None,
     ) -> None:
         self._lm = lm
         self._store = store
@@ -77,13 +78,16 @@ class VectorProvider:
         self._cache: dict[object, LoadedVectors] = {}
         self._activations: dict[tuple[str, str, str, str], tuple[Activations, VectorMeta]] = {}
         self._lock = threading.Lock()
+        self._fixed = None if fixed is None else LoadedVectors(fixed.digest[:32], fixed)
 
     def cached(self, request: VectorRequest) -> LoadedVectors | None:
         """The set for ``request`` if already in memory (never blocks on I/O)."""
-        return self._cache.get(request)
+        return self._fixed or self._cache.get(request)
 
     def get(self, request: VectorRequest) -> LoadedVectors:
         """Return the set for ``request`` (blocking: may calibrate on a miss)."""
+        if self._fixed is not None:
+            return self._fixed
         with self._lock:
             cached = self._cache.get(request)
             if cached is not None:

@@ -104,7 +104,7 @@ def parse_json(text: str) -> dict[str, Any]:
     if not isinstance(message, dict):
         raise ProtocolError("a text frame must hold a JSON object with a 'type' field")
     if not isinstance(message.get("type"), str):
-        raise ProtocolError("the message has no string 'type': e.g. {\"type\": \"turn.start\"}")
+        raise ProtocolError('the message has no string \'type\': e.g. {"type": "turn.start"}')
     return message
 
 
@@ -280,9 +280,7 @@ def message_to_event(message: Mapping[str, Any]) -> GuardEvent | None:
         return None
     fields = {k: v for k, v in message.items() if k in _DECISION_FIELDS and k != "type"}
     timings = message.get("timings") or {}
-    fields["timings"] = Timings(
-        **{k: float(v) for k, v in timings.items() if k in _TIMING_FIELDS}
-    )
+    fields["timings"] = Timings(**{k: float(v) for k, v in timings.items() if k in _TIMING_FIELDS})
     fields["flags"] = tuple(str(f) for f in message.get("flags") or ())
     return TurnDecision(**fields)
 

@@ -24,9 +24,9 @@ from sarsteer_guard.log import get_logger
 log = get_logger(__name__)
 
 #: Environment variable holding the worker token (may run turns, read health and metrics).
-WORKER_TOKEN_ENV = "SARSTEER_GUARD_TOKEN"
+WORKER_TOKEN_ENV = "SARSTEER_GUARD_TOKEN"  # noqa: S105 - a variable name, not a secret
 #: Environment variable holding the read-only token (health and metrics only).
-READ_TOKEN_ENV = "SARSTEER_GUARD_READ_TOKEN"
+READ_TOKEN_ENV = "SARSTEER_GUARD_READ_TOKEN"  # noqa: S105 - a variable name
 #: Shorter tokens are guessable; the error says how to make a good one.
 MIN_TOKEN_CHARS = 16
 
@@ -59,9 +59,7 @@ class TokenSet:
                     f"a token is shorter than {MIN_TOKEN_CHARS} characters: generate one with "
                     "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
                 )
-        return cls(
-            worker=tuple(_digest(t) for t in worker), read=tuple(_digest(t) for t in read)
-        )
+        return cls(worker=tuple(_digest(t) for t in worker), read=tuple(_digest(t) for t in read))
 
     @property
     def configured(self) -> bool:
@@ -129,7 +127,7 @@ def _read_token_file(path: Path) -> tuple[list[str], list[str]]:
             items = [values] if isinstance(values, str) else values
             if role not in roles or not isinstance(items, list):
                 raise ServerConfigError(
-                    f"{path}: expected {{\"worker\": [...], \"read\": [...]}}, got key {role!r}"
+                    f'{path}: expected {{"worker": [...], "read": [...]}}, got key {role!r}'
                 )
             roles[role].extend(str(v).strip() for v in items)
         return roles["worker"], roles["read"]
@@ -140,9 +138,7 @@ def _read_token_file(path: Path) -> tuple[list[str], list[str]]:
         role, sep, token = line.partition(":")
         role = role.strip()
         if not sep or role not in roles or not token.strip():
-            raise ServerConfigError(
-                f"{path}:{number}: expected 'worker: TOKEN' or 'read: TOKEN'"
-            )
+            raise ServerConfigError(f"{path}:{number}: expected 'worker: TOKEN' or 'read: TOKEN'")
         roles[role].append(token.strip())
     return roles["worker"], roles["read"]
 

@@ -77,7 +77,7 @@ class ScriptedGuard:
     def audio_seconds(turn: Turn) -> float:
         """Duration of a turn's audio, for asserting what an integration sent."""
         if isinstance(turn.audio, np.ndarray):
-            frames = turn.audio.shape[0]
+            frames = int(turn.audio.shape[0])
         else:
             width = 2 if turn.sample_format == "int16" else 4
             frames = len(turn.audio) // (width * turn.channels)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 from livekit import rtc
 from livekit.agents import Agent, AgentSession, APIConnectOptions, tts, utils
 from livekit.agents.voice import io
+from livekit.agents.voice.turn import TurnHandlingOptions
 from livekit.plugins import sarsteer
 
 ROOM_RATE = 24000  # LiveKit rooms deliver 24 kHz in 50 ms frames
@@ -136,7 +138,7 @@ class _Chunked(tts.ChunkedStream):
         output_emitter.flush()
 
 
-class RecordingTTS(tts.TTS):
+class RecordingTTS(tts.TTS[Any]):
     """A non-streaming TTS (the session wraps it in its sentence StreamAdapter)."""
 
     def __init__(self) -> None:
@@ -191,21 +193,28 @@ class Harness:
         await self.model.aclose()
 
 
+#: ``speech(text)``: espeak-ng speech at the room rate (the ``speech`` fixture).
+Speech = Callable[[str], np.ndarray]
+#: ``await harness_factory(model, turn_detection=...)`` (the ``harness_factory`` fixture).
+HarnessFactory = Callable[..., Awaitable["Harness"]]
+
+
 async def start_harness(model: sarsteer.RealtimeModel, *, turn_detection: str) -> Harness:
     """Start an AgentSession with ``model`` as its llm, a TTS, and test audio edges.
 
     ``turn_detection`` is always explicit: left unset the session tries a cloud detector.
     """
     mic, speaker, voice = Microphone(), Speaker(), RecordingTTS()
+    turn_handling: TurnHandlingOptions = {
+        "turn_detection": turn_detection,  # type: ignore[typeddict-item]  # a str from tests
+        # The test speaker cannot pause, so there is nothing to resume.
+        "interruption": {"resume_false_interruption": False},
+    }
     session: AgentSession[None] = AgentSession(
         llm=model,
         vad=None,
         tts=voice,
-        turn_handling={
-            "turn_detection": turn_detection,  # type: ignore[typeddict-item]
-            # The test speaker cannot pause, so there is nothing to resume.
-            "interruption": {"resume_false_interruption": False},
-        },
+        turn_handling=turn_handling,
         aec_warmup_duration=None,
         user_away_timeout=None,
     )

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import sarsteer_guard
 import soundfile as sf
-from livekit_harness import QUESTION, SECOND, silence
+from livekit_harness import QUESTION, SECOND, Speech, silence
 from sarsteer_guard.testing.scripted import ScriptedGuard
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -25,7 +25,7 @@ def load(name: str) -> ModuleType:
     return module
 
 
-def test_agent_example_imports_without_connecting():
+def test_agent_example_imports_without_connecting() -> None:
     module = load("livekit_agent")
     assert callable(module.entrypoint)
     assert callable(module.prewarm)
@@ -33,8 +33,11 @@ def test_agent_example_imports_without_connecting():
 
 @pytest.mark.espeak
 async def test_offline_example_prints_one_reply_per_utterance(
-    speech, tmp_path, monkeypatch, capsys
-):
+    speech: Speech,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     wav = tmp_path / "question.wav"
     sf.write(wav, np.concatenate([speech(QUESTION), silence(1.0), speech(SECOND)]), 24000)
     built: list[ScriptedGuard] = []

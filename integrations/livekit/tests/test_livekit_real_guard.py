@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from livekit.plugins import sarsteer
-from livekit_harness import QUESTION, Harness, eventually, silence
+from livekit_harness import QUESTION, Harness, HarnessFactory, Speech, eventually, silence
 from sarsteer_guard.testing.audit import CapturingAuditLog
 
 pytestmark = [pytest.mark.espeak, pytest.mark.slow]
@@ -43,7 +43,9 @@ def guard_class() -> Any:
         pytest.skip("sarsteer_guard.Guard is not importable yet")
 
 
-async def test_real_guard_answers_and_audits_a_turn(harness_factory, speech, tmp_path: Path):
+async def test_real_guard_answers_and_audits_a_turn(
+    harness_factory: HarnessFactory, speech: Speech, tmp_path: Path
+) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     audit = CapturingAuditLog()
@@ -76,7 +78,7 @@ async def test_real_guard_answers_and_audits_a_turn(harness_factory, speech, tmp
     assert decision.audit_id == record.id
 
 
-async def test_model_builds_the_real_guard_itself():
+async def test_model_builds_the_real_guard_itself() -> None:
     if getattr(importlib.import_module("sarsteer_guard"), "Guard", None) is None:
         pytest.skip("sarsteer_guard does not export Guard yet (the plugin builds it by that name)")
     model = sarsteer.RealtimeModel(model="tiny")

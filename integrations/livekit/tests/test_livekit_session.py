@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import pytest
+from livekit.agents import llm
 from livekit.plugins import sarsteer
-from livekit_harness import QUESTION, SECOND, Harness, eventually, silence
+from livekit_harness import (
+    QUESTION,
+    SECOND,
+    Harness,
+    HarnessFactory,
+    Speech,
+    eventually,
+    silence,
+)
 from sarsteer_guard.testing.scripted import ScriptedGuard
 
 pytestmark = pytest.mark.espeak
 
 
-async def test_manual_commit_streams_the_guard_reply_through_tts(harness_factory, speech):
+async def test_manual_commit_streams_the_guard_reply_through_tts(
+    harness_factory: HarnessFactory, speech: Speech
+) -> None:
     guard = ScriptedGuard(reply="Sure, here are the steps.", delay_s=0.005)
     h: Harness = await harness_factory(sarsteer.RealtimeModel(guard), turn_detection="manual")
     question = speech(QUESTION)
@@ -36,7 +47,9 @@ async def test_manual_commit_streams_the_guard_reply_through_tts(harness_factory
     assert not h.decisions[0].refused
 
 
-async def test_interrupt_cancels_the_guard_turn(harness_factory, speech):
+async def test_interrupt_cancels_the_guard_turn(
+    harness_factory: HarnessFactory, speech: Speech
+) -> None:
     long_reply = " ".join(f"Step {i}." for i in range(1, 40))
     guard = ScriptedGuard(reply=long_reply, delay_s=0.05)
     h: Harness = await harness_factory(sarsteer.RealtimeModel(guard), turn_detection="manual")
@@ -55,7 +68,9 @@ async def test_interrupt_cancels_the_guard_turn(harness_factory, speech):
     assert h.decisions == []  # a cancelled turn reaches no decision
 
 
-async def test_refused_turn_emits_the_decision(harness_factory, speech):
+async def test_refused_turn_emits_the_decision(
+    harness_factory: HarnessFactory, speech: Speech
+) -> None:
     guard = ScriptedGuard(refuse=True, refusal_message="I can't help with that.", delay_s=0.0)
     h: Harness = await harness_factory(sarsteer.RealtimeModel(guard), turn_detection="manual")
     await h.mic.play(speech(QUESTION))
@@ -71,7 +86,9 @@ async def test_refused_turn_emits_the_decision(harness_factory, speech):
     assert decision.session_id == h.rt_session.session_id
 
 
-async def test_guard_error_is_reported_and_the_session_goes_on(harness_factory, speech):
+async def test_guard_error_is_reported_and_the_session_goes_on(
+    harness_factory: HarnessFactory, speech: Speech
+) -> None:
     guard = ScriptedGuard(reply="Back again.", fail_with="model crashed; retry the turn")
     h: Harness = await harness_factory(sarsteer.RealtimeModel(guard), turn_detection="manual")
     await h.mic.play(speech(QUESTION))
@@ -91,11 +108,13 @@ async def test_guard_error_is_reported_and_the_session_goes_on(harness_factory, 
     assert len(guard.turns) == 2
 
 
-async def test_own_turn_detection_answers_each_utterance(harness_factory, speech):
+async def test_own_turn_detection_answers_each_utterance(
+    harness_factory: HarnessFactory, speech: Speech
+) -> None:
     guard = ScriptedGuard(reply="Noted.", delay_s=0.0)
     h: Harness = await harness_factory(sarsteer.RealtimeModel(guard), turn_detection="realtime_llm")
     assert h.rt_session.turn_detection
-    generations = []
+    generations: list[llm.GenerationCreatedEvent] = []
     h.rt_session.on("generation_created", generations.append)
 
     for part in (silence(0.5), speech(QUESTION), silence(1.2)):
@@ -115,7 +134,9 @@ async def test_own_turn_detection_answers_each_utterance(harness_factory, speech
     assert len(h.decisions) == 2
 
 
-async def test_speaking_over_the_agent_interrupts_it(harness_factory, speech):
+async def test_speaking_over_the_agent_interrupts_it(
+    harness_factory: HarnessFactory, speech: Speech
+) -> None:
     long_reply = " ".join(f"Step {i}." for i in range(1, 40))
     guard = ScriptedGuard(reply=long_reply, delay_s=0.05)
     h: Harness = await harness_factory(sarsteer.RealtimeModel(guard), turn_detection="realtime_llm")

@@ -194,6 +194,7 @@ class SARSteerGuardService(AIService):
         self._pre_roll: deque[bytes] = deque()
         self._pre_roll_bytes = 0
         self._turn_audio: bytearray | None = None
+        self._turn_confirmed = False  # a UserStartedSpeakingFrame opened or joined it
         self._audio_format: tuple[int, int] | None = None  # (sample_rate, channels)
         self._in_sample_rate = 16000
         self._segmenter: TurnSegmenter | None = None
@@ -310,10 +311,11 @@ class SARSteerGuardService(AIService):
         elif isinstance(frame, SpeechControlParamsFrame):
             self._handle_speech_control(frame)
         elif isinstance(frame, UserStartedSpeakingFrame | VADUserStartedSpeakingFrame):
-            if isinstance(frame, UserStartedSpeakingFrame):
-                self._saw_user_turn_frames = True
             self._use_pipeline_turns()
             self._begin_turn()
+            if isinstance(frame, UserStartedSpeakingFrame):
+                self._saw_user_turn_frames = True
+                self._turn_confirmed = True
         elif isinstance(frame, UserStoppedSpeakingFrame):
             self._saw_user_turn_frames = True
             self._use_pipeline_turns()
@@ -324,6 +326,8 @@ class SARSteerGuardService(AIService):
             self._use_pipeline_turns()
             if not self._saw_user_turn_frames:
                 self._end_pipeline_turn()
+            elif not self._turn_confirmed:
+                self._turn_audio = None  # speech the turn strategies did not take
         elif isinstance(frame, InterruptionFrame):
             await self._cancel_responses()
 
@@ -380,11 +384,13 @@ class SARSteerGuardService(AIService):
     def _begin_turn(self) -> None:
         if self._turn_audio is not None:
             return  # VAD and user-turn start frames both arrive for one turn
+        self._turn_confirmed = False
         # The pre-roll already holds the audio frames that arrived before this one.
         self._turn_audio = bytearray(b"".join(self._pre_roll))
 
     def _end_pipeline_turn(self) -> None:
         audio, self._turn_audio = self._turn_audio, None
+        self._turn_confirmed = False
         if audio is None or self._audio_format is None:
             return
         rate, channels = self._audio_format
@@ -567,7 +573,7 @@ class SARSteerGuardService(AIService):
     def _build_guard(self) -> SpeechGuard:
         if self._remote_url is not None:
             try:
-                from sarsteer_guard import RemoteGuard  # type: ignore[attr-defined]  # added later
+                from sarsteer_guard import RemoteGuard
             except ImportError as e:
                 raise GuardError(
                     "this sarsteer-guard has no RemoteGuard; upgrade sarsteer-guard or pass "
@@ -575,13 +581,22 @@ class SARSteerGuardService(AIService):
                 ) from e
             return cast(SpeechGuard, RemoteGuard(self._remote_url))
         try:
-            from sarsteer_guard import Guard  # type: ignore[attr-defined]  # being written
+            from sarsteer_guard import Guard
         except ImportError as e:
             raise GuardError(
                 "sarsteer_guard.Guard is not importable; install sarsteer-guard with its "
                 "model dependencies (pip install sarsteer-guard) or pass guard=..."
             ) from e
-        return cast(SpeechGuard, Guard(**self._guard_config))
+        config = self._guard_config
+        return cast(
+            SpeechGuard,
+            Guard(
+                model=config["model"],
+                policy=config["policy"],
+                store=config["store"],
+                audit=config["audit"],
+            ),
+        )
 
     async def _start_guard(self) -> None:
         try:

@@ -10,8 +10,8 @@ choice and transcripts all keep working.
 How the session drives it (``livekit/agents/voice/agent_activity.py``):
 
 - every input frame goes to :meth:`RealtimeSession.push_audio`, silence included;
-- with the plugin's turn detection (the default, ``turn_detection="realtime_llm"`` or
-  unset on the session) webrtcvad finds turns; an onset emits ``input_speech_started``
+- with the plugin's turn detection (``turn_detection="realtime_llm"`` on the session)
+  webrtcvad finds turns; an onset emits ``input_speech_started``
   (the session's barge-in), a finished turn ``input_speech_stopped`` and a
   ``generation_created`` that the session speaks;
 - with the session's turn detection (``"manual"``, or ``"vad"`` with a VAD), it calls

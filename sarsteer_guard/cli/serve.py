@@ -1,0 +1,119 @@
+"""``sarsteer-guard serve``: the guard as a WebSocket service for remote voice workers."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+#: Test-only switch (also ``--scripted``): serve a ScriptedGuard instead of a model.
+SCRIPTED_ENV = "SARSTEER_GUARD_SCRIPTED"
+
+
+def _rate(text: str) -> float:
+    """Parse ``N`` or ``N/s``."""
+    value = text.removesuffix("/s")
+    try:
+        rate = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or N/s, got {text!r}") from None
+    if rate < 0:
+        raise argparse.ArgumentTypeError("the rate must be >= 0 (0 disables the limit)")
+    return rate
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``serve`` command."""
+    p = subparsers.add_parser(
+        "serve",
+        help="serve the guard over WebSocket (/v1/turns) with health and metrics endpoints",
+        description="Run the guard as a network service for voice workers on other hosts "
+        "(RemoteGuard). Tokens come from SARSTEER_GUARD_TOKEN / SARSTEER_GUARD_READ_TOKEN or "
+        "--token-file, never from the command line. Listens on loopback unless --host says "
+        "otherwise; a non-loopback host requires a worker token. SIGTERM drains open turns.",
+    )
+    p.add_argument("--model", default="tiny", help="hub id, local directory, or a built-in: tiny")
+    p.add_argument("--policy", type=Path, default=None, help="policy YAML (hot reloaded)")
+    p.add_argument("--store", default=None, help="vector store URL (redis://... or a directory)")
+    p.add_argument("--audit", default=None, help="audit log URL (redis://..., sqlite:///...)")
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = all)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        help="file with 'worker: TOKEN' / 'read: TOKEN' lines (or JSON), chmod 600",
+    )
+    p.add_argument(
+        "--max-message-bytes",
+        type=int,
+        default=1 << 20,
+        help="largest WebSocket message handled (default 1 MiB)",
+    )
+    p.add_argument("--max-turn-s", type=float, default=30.0, help="longest audio per turn")
+    p.add_argument(
+        "--rate-limit",
+        type=_rate,
+        default=20.0,
+        metavar="N/s",
+        help="turn starts per second per connection (0 = unlimited)",
+    )
+    p.add_argument("--turn-timeout-s", type=float, default=60.0, help="turn.end to decision")
+    p.add_argument(
+        "--shutdown-grace-s",
+        type=float,
+        default=20.0,
+        help="on SIGTERM, how long open turns may run before they are cancelled",
+    )
+    p.add_argument("--max-batch-size", type=int, default=16, help="rows per generation batch")
+    p.add_argument("--max-queue", type=int, default=64, help="turns allowed to wait")
+    # Test-only: a ScriptedGuard, so protocol tests need no model. Hidden on purpose.
+    p.add_argument("--scripted", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--scripted-delay-s", type=float, default=0.01, help=argparse.SUPPRESS)
+    p.add_argument("--scripted-reply", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _guard(args: argparse.Namespace) -> Any:
+    if args.scripted or os.environ.get(SCRIPTED_ENV) == "1":
+        from sarsteer_guard.log import get_logger
+        from sarsteer_guard.testing.scripted import ScriptedGuard
+
+        get_logger(__name__).warning("server.scripted_guard", hint="test only: no model")
+        scripted = ScriptedGuard(delay_s=args.scripted_delay_s)
+        if args.scripted_reply is not None:
+            scripted.reply = args.scripted_reply
+        return scripted
+    from sarsteer_guard.guard.core import Guard
+
+    return Guard(
+        model=args.model,
+        policy=args.policy,
+        store=args.store,
+        audit=args.audit,
+        max_batch_size=args.max_batch_size,
+        max_queue=args.max_queue,
+        max_turn_s=args.max_turn_s,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the settings, build the guard and the app, serve until SIGTERM."""
+    from sarsteer_guard.server.app import create_app
+    from sarsteer_guard.server.runner import run_server
+    from sarsteer_guard.server.settings import ServerSettings, load_tokens
+
+    settings = ServerSettings(
+        host=args.host,
+        port=args.port,
+        tokens=load_tokens(args.token_file),
+        max_message_bytes=args.max_message_bytes,
+        max_turn_s=args.max_turn_s,
+        rate_limit_per_s=args.rate_limit,
+        turn_timeout_s=args.turn_timeout_s,
+        shutdown_grace_s=args.shutdown_grace_s,
+    )
+    settings.check()  # before loading a model: a bad setting should fail in milliseconds
+    app = create_app(_guard(args), settings)
+    return run_server(app, settings)
