@@ -320,6 +320,15 @@ class GenerationEngine:
         spec = batch[0].steering
         alphas = [r.alpha if spec.vectors is not None else 0.0 for r in batch]
         readout: list[float] | None = None
+        generate_kwargs: dict[str, Any] = {
+            "inputs": inputs,
+            "max_new_tokens": max_new,
+            "streamer": streamer,
+            "stopping_criteria": stops,
+            # generate() may compile decode steps (static caches on GPUs); compiled steps skip
+            # forward hooks registered after compilation, which would silently drop steering.
+            "disable_compile": True,
+        }
         self.batches_run += 1
         self.batch_sizes.append(len(batch))
         with torch.inference_mode():
@@ -338,14 +347,10 @@ class GenerationEngine:
                     readout_layer=spec.readout_layer,
                 )
                 with hooks:
-                    lm.generate(
-                        inputs, max_new_tokens=max_new, streamer=streamer, stopping_criteria=stops
-                    )
+                    lm.generate(**generate_kwargs)
                     readout = _readout_values(hooks, len(batch))
             else:
-                lm.generate(
-                    inputs, max_new_tokens=max_new, streamer=streamer, stopping_criteria=stops
-                )
+                lm.generate(**generate_kwargs)
         finished = time.perf_counter()
         prefill_at = streamer.prefill_done_at or finished
         for i, request in enumerate(batch):

@@ -180,6 +180,9 @@ class AudioLanguageModel(ABC):
         ``model.generate`` unchanged.
         """
         kw.setdefault("do_sample", False)
+        # Compiled decode steps skip forward hooks added after compilation: steering would be
+        # silently dropped. Steering is a safety control, so generation stays eager.
+        kw.setdefault("disable_compile", True)
         model: Any = self.model  # nn.Module.__getattr__ hides GenerationMixin.generate from mypy
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, **kw)
         sequences: torch.Tensor = out if isinstance(out, torch.Tensor) else out.sequences
