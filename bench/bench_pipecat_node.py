@@ -130,7 +130,7 @@ async def direct_first_delta(guard: SpeechGuard, turn: Turn) -> float:
 
 async def make_guard() -> tuple[SpeechGuard, str, str]:
     try:
-        from sarsteer_guard import Guard  # type: ignore[attr-defined]  # exported with the core
+        from sarsteer_guard import Guard
 
         guard: SpeechGuard = Guard(model="tiny")
         await guard.start()

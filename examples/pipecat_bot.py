@@ -13,7 +13,7 @@ Environment:
     SARSTEER_MODEL     "tiny" (default, for trying it out) or a hub id / local dir
     SARSTEER_POLICY    optional policy YAML
     SARSTEER_AUDIT     optional audit log URL (sqlite:///audit.db, redis://...)
-    SARSTEER_REMOTE    optional sarsteer-guard server URL (use instead of a local model)
+    SARSTEER_REMOTE_URL optional sarsteer-guard server URL (use instead of a local model)
     HOST, PORT         where the WebSocket server listens (localhost:8765)
 
 Run: ``python examples/pipecat_bot.py``
@@ -65,7 +65,7 @@ def build_worker(cartesia_api_key: str) -> PipelineWorker:
         model=os.environ.get("SARSTEER_MODEL", "tiny"),
         policy=os.environ.get("SARSTEER_POLICY"),
         audit=os.environ.get("SARSTEER_AUDIT"),
-        remote_url=os.environ.get("SARSTEER_REMOTE"),
+        remote_url=os.environ.get("SARSTEER_REMOTE_URL"),
         context={"channel": "voice"},
     )
 

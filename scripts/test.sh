@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: install what the tests need on a fresh machine, then run
 # lint (ruff), types (mypy strict) and the whole pytest suite (core + both integrations).
-#   - Debian packages: espeak-ng and sox (real speech fixtures), redis-server
+#   - Debian packages: espeak-ng and sox (real speech fixtures), redis-server, docker-compose
 #   - a Redis at $REDIS_URL (started on 127.0.0.1:6379 if none answers)
 #   - .venv with CPU torch pinned *first* (otherwise pip pulls multi-GB CUDA wheels)
 set -euo pipefail
@@ -14,6 +14,7 @@ missing=()
 command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v sox >/dev/null || missing+=(sox libsox-fmt-all)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v docker-compose >/dev/null || missing+=(docker-compose)  # validates docker-compose.yml
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt-get install ${missing[*]}"
   $SUDO apt-get update -qq

@@ -344,3 +344,29 @@ def test_history_is_kept_per_session(
     history = guard.conversations.history("h")
     assert [item.role for item in history] == ["user", "assistant", "user", "assistant"]
     assert guard.conversations.history("other") == []
+
+
+def test_a_tampered_vector_set_is_rejected_and_the_policy_fails_closed(
+    tiny: Any, tmp_path: Path, speech: list[np.ndarray], run: Any
+) -> None:
+    store = tmp_path / "store"
+    policy = write_policy(tmp_path)
+
+    async def once() -> TurnDecision:
+        guard = Guard(tiny, policy, str(store), CapturingAuditLog(), max_new_tokens=3)
+        async with guard:
+            events = await collect(guard.respond(turn(speech[0])))
+        decision = events[-1]
+        assert isinstance(decision, TurnDecision)
+        return decision
+
+    first = run(once())
+    assert first.steered
+    [stored] = list(store.glob("*.vset"))
+    blob = bytearray(stored.read_bytes())
+    blob[len(blob) // 2] ^= 0x01  # one flipped bit in the tensor data
+    stored.write_bytes(bytes(blob))
+    second = run(once())
+    assert not second.steered
+    assert second.refused
+    assert {"vectors_unavailable", "fail_closed"} <= set(second.flags)

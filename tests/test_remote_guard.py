@@ -199,3 +199,14 @@ async def test_turn_in_flight_when_server_dies_gets_connection_error() -> None:
             proc.kill()
         await proc.wait()
         await remote.close()
+
+
+def test_client_needs_no_server_stack_or_torch() -> None:
+    probe = (
+        "import sys, sarsteer_guard.remote; "
+        "print(sorted(m for m in ('starlette', 'uvicorn', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"  # voice workers install only websockets

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from sarsteer_guard.server.settings import ServerSettings
 from sarsteer_guard.server.testing import ServerThread, serve_in_thread
 from sarsteer_guard.testing.scripted import ScriptedGuard
 
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "docs" / "protocol.schema.json"
 PCM = bytes(range(256)) * 64  # 16 KiB of int16 "audio": the scripted guard does not listen
 
 
@@ -316,3 +318,31 @@ async def test_guard_errors_pass_through() -> None:
             "message": "the model failed on this turn: retry",
         }
     ]
+
+
+async def test_messages_match_the_published_schema(server: ServerThread) -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="pip install jsonschema")
+    schema = json.loads(SCHEMA_PATH.read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    sent = [
+        {"type": "turn.start", "turn_id": "s1", "session_id": "x", "context": {"a": 1}},
+        {"type": "turn.audio", "turn_id": "s1", "audio_b64": base64.b64encode(PCM).decode()},
+        {"type": "turn.end", "turn_id": "s1"},
+        {"type": "turn.start", "turn_id": "s2"},
+        {"type": "turn.cancel", "turn_id": "s2"},
+    ]
+    invalid = {"type": "turn.start", "turn_id": "s3", "sample_rate": 1}
+    received = []
+    async with connect(server.url) as ws:
+        received.append(await recv(ws))
+        for message in [*sent, invalid]:
+            await ws.send(json.dumps(message))
+        await ws.send("{oops")
+        while len(received) < 8:  # hello, 3 deltas, decision, cancelled, 2 errors
+            received.append(await recv(ws))
+    for message in [*sent, *received]:
+        errors = [e.message for e in validator.iter_errors(message)]
+        assert errors == [], (message, errors)
+    assert not validator.is_valid(invalid)  # the schema says what the server enforces
+    assert {m["type"] for m in received} == {"hello", "delta", "decision", "cancelled", "error"}

@@ -133,3 +133,21 @@ async def test_sigterm_cancels_turns_at_the_grace_deadline() -> None:
     events = logged_events(output)
     assert "server.drain_deadline" in events
     assert "server.guard_closed" in events
+
+
+def test_guard_start_failure_exits_non_zero() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SARSTEER_GUARD_")}
+    env["SARSTEER_LOG_JSON"] = "1"
+    serve = [sys.executable, "-m", "sarsteer_guard", "serve", "--port", str(free_port())]
+    result = subprocess.run(
+        [*serve, "--model", "/nonexistent/model"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 1  # so an orchestrator restarts the container
+    events = logged_events(result.stderr)
+    assert "server.guard_start_failed" in events
+    assert "server.guard_closed" in events

@@ -66,6 +66,12 @@ def register(subparsers: Any) -> None:
         default=20.0,
         help="on SIGTERM, how long open turns may run before they are cancelled",
     )
+    p.add_argument(
+        "--max-open-turns",
+        type=int,
+        default=64,
+        help="turns one connection may have open at once (a worker's concurrent calls)",
+    )
     p.add_argument("--max-batch-size", type=int, default=16, help="rows per generation batch")
     p.add_argument("--max-queue", type=int, default=64, help="turns allowed to wait")
     # Test-only: a ScriptedGuard, so protocol tests need no model. Hidden on purpose.
@@ -100,8 +106,15 @@ def _guard(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> int:
     """Check the settings, build the guard and the app, serve until SIGTERM."""
-    from sarsteer_guard.server.app import create_app
-    from sarsteer_guard.server.runner import run_server
+    try:
+        from sarsteer_guard.server.app import create_app
+        from sarsteer_guard.server.runner import run_server
+    except ModuleNotFoundError as error:
+        from sarsteer_guard.errors import GuardError
+
+        raise GuardError(
+            f"the server needs {error.name}: pip install 'sarsteer-guard[server]'"
+        ) from error
     from sarsteer_guard.server.settings import ServerSettings, load_tokens
 
     settings = ServerSettings(
@@ -113,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         rate_limit_per_s=args.rate_limit,
         turn_timeout_s=args.turn_timeout_s,
         shutdown_grace_s=args.shutdown_grace_s,
+        max_open_turns=args.max_open_turns,
     )
     settings.check()  # before loading a model: a bad setting should fail in milliseconds
     app = create_app(_guard(args), settings)

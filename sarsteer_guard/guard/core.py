@@ -82,7 +82,7 @@ class Guard:
         max_queue: int = 64,
         max_new_tokens: int = 64,
         max_turn_s: float = 30.0,
-        refusal_gate_chars: int = 48,
+        refusal_gate_chars: int = 32,
         turn_prompt: str | None = None,
         history_turns: int = 8,
         history_tokens: int = 2048,

@@ -220,6 +220,15 @@ class _Running:
     turn_id: str
     task: asyncio.Task[None] | None = None
     cancel_reason: CancelReason | None = None
+    final_sent: bool = False  # after this, cancelling is a no-op
+
+    def cancel(self, reason: CancelReason) -> bool:
+        """Cancel the task once, unless the turn already has its final message."""
+        if self.task is None or self.cancel_reason is not None or self.final_sent:
+            return False
+        self.cancel_reason = reason
+        self.task.cancel()
+        return True
 
 
 class TurnConnection:
@@ -446,9 +455,8 @@ class TurnConnection:
             await self.send({"type": "cancelled", "turn_id": turn_id})
             return
         running = self.running.get(turn_id)
-        if running is not None and running.task is not None and running.cancel_reason is None:
-            running.cancel_reason = "client"
-            running.task.cancel()
+        if running is not None:
+            running.cancel("client")
         # Otherwise the turn already has its final message: a racing cancel is a no-op.
 
     # -- running turns -----------------------------------------------------------------------
@@ -464,18 +472,22 @@ class TurnConnection:
                         if first and isinstance(event, TextDelta):
                             first = False
                             metrics.END_TO_FIRST_TOKEN_SECONDS.observe(time.perf_counter() - ended)
+                        final = isinstance(event, TurnDecision | TurnError)
+                        if final:
+                            running.final_sent = True
                         await self.send(event_to_message(event))
                         if isinstance(event, TurnError):
                             metrics.ERRORS.labels(kind=event.kind).inc()
-                            break
-                        if isinstance(event, TurnDecision):
-                            outcome = "decision"
+                        if final:
+                            outcome = "decision" if isinstance(event, TurnDecision) else "error"
                             break
                     else:
+                        running.final_sent = True
                         await self.send_error(
                             turn_id, "internal", "the guard ended the turn without a decision"
                         )
             except TimeoutError:
+                running.final_sent = True
                 await self.send_error(
                     turn_id,
                     "timeout",
@@ -499,24 +511,24 @@ class TurnConnection:
                     outcome = "disconnected"
             except Exception as error:
                 log.exception("server.turn_failed", turn_id=turn_id)
+                running.final_sent = True
                 await self.send_error(
                     turn_id, "internal", f"the server failed on this turn ({type(error).__name__})"
                 )
         finally:
+            # Bookkeeping first: nothing below may be skipped by an exception.
+            self.running.pop(turn_id, None)
+            self.service.turn_closed()
+            metrics.TURNS.labels(outcome=outcome).inc()
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()  # barge-in: closing the iterator cancels generation
-            self.running.pop(turn_id, None)
-            self.service.turn_closed()
-            metrics.TURNS.labels(outcome=outcome).inc()
 
     async def _cancel_all(self, reason: CancelReason) -> None:
-        for running in list(self.running.values()):
-            if running.task is not None and running.cancel_reason is None:
-                running.cancel_reason = reason
-                running.task.cancel()
         tasks = [r.task for r in self.running.values() if r.task is not None]
+        for running in list(self.running.values()):
+            running.cancel(reason)
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 

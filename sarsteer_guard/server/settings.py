@@ -167,7 +167,8 @@ class ServerSettings:
             the same size); 0 disables.
         turn_timeout_s: turn.end to the final event; a slower turn is cancelled.
         shutdown_grace_s: how long SIGTERM waits for in-flight turns before cancelling them.
-        max_open_turns: turns one connection may have open at once (bounds memory).
+        max_open_turns: turns one connection may have open at once (bounds memory; a
+            worker multiplexes all its calls over one connection, so keep it generous).
     """
 
     host: str = "127.0.0.1"
@@ -178,7 +179,7 @@ class ServerSettings:
     rate_limit_per_s: float = 20.0
     turn_timeout_s: float = 60.0
     shutdown_grace_s: float = 20.0
-    max_open_turns: int = 16
+    max_open_turns: int = 64
 
     def check(self) -> None:
         """Refuse settings that cannot be served safely (one-line errors)."""
@@ -199,7 +200,7 @@ class ServerSettings:
         if self.rate_limit_per_s < 0 or self.shutdown_grace_s < 0:
             raise ServerConfigError("--rate-limit and --shutdown-grace-s must be >= 0")
         if self.max_open_turns < 1:
-            raise ServerConfigError("max_open_turns must be at least 1")
+            raise ServerConfigError("--max-open-turns must be at least 1")
 
     @property
     def hard_max_message_bytes(self) -> int:
