@@ -242,6 +242,37 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from sarsteer_guard.report import require_matplotlib
+
+    require_matplotlib()  # before reading the store, so the hint comes first
+    from sarsteer_guard.report.audit_report import (
+        audit_summary,
+        render_audit_html,
+        scope_line,
+        write_page,
+    )
+
+    filters = {
+        "since": args.since,
+        "until": args.until,
+        "policy": args.policy,
+        "session": args.session,
+        "rule": args.rule,
+    }
+    with open_audit_log(args.store) as log:
+        summary = audit_summary(_iter(log, args), recent=args.recent)
+        report = None if args.no_verify else log.verify()
+    page = render_audit_html(summary, title=args.title, verify=report, scope=scope_line(filters))
+    write_page(page, args.out)
+    print(
+        f"wrote {args.out}: {summary.turns} turns, {summary.refused} refused"
+        + ("" if report is None else f"; {report.summary()}"),
+        file=sys.stderr,
+    )
+    return 0
+
+
 def register(subparsers: Any) -> None:
     """Add the ``audit`` command group to the CLI."""
     store = argparse.ArgumentParser(add_help=False)
@@ -284,6 +315,15 @@ def register(subparsers: Any) -> None:
 
     p = sub.add_parser("verify", parents=[store], help="check the hash chain")
     p.set_defaults(func=_cmd_verify)
+
+    p = sub.add_parser(
+        "report", parents=[store, filters], help="write a self-contained HTML report with charts"
+    )
+    p.add_argument("--out", type=Path, required=True, metavar="FILE.html", help="report to write")
+    p.add_argument("--title", default="sarsteer-guard audit report", help="page title")
+    p.add_argument("--recent", type=int, default=50, help="refused turns listed in the table")
+    p.add_argument("--no-verify", action="store_true", help="skip the hash-chain check")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("prune", parents=[store], help="remove records past their retention")
     p.add_argument("--now", type=_when, default=None, help=argparse.SUPPRESS)

@@ -41,6 +41,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--text-only", action="store_true", help="calibrate on transcripts, no audio")
     p.add_argument("--limit", type=int, default=None, help="use only the first N turns of each set")
     p.add_argument("--save-activations", type=Path, default=None, metavar="FILE")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        metavar="FILE.png",
+        help="also draw per-layer norms, projection loss and separation (needs matplotlib)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.set_defaults(func=run)
 
@@ -54,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 0 or args.batch_size < 1:
         raise GuardError("--k must be >= 0 and --batch-size >= 1")
+    if args.plot is not None:
+        from sarsteer_guard.report import require_matplotlib
+
+        require_matplotlib()  # fail before the long calibration, not after it
     harmful = load_manifest(args.harmful)
     benign = load_manifest(args.benign)
     if args.limit is not None:
@@ -73,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
     result.vectors.save(args.out)
     if args.save_activations is not None:
         result.activations.save(args.save_activations)
+    if args.plot is not None:
+        from sarsteer_guard.report.calibration_plot import plot_calibration
+
+        plot_calibration(result.activations, result.vectors, args.plot)
     norms = result.vectors.vectors.norm(dim=-1)
     print(
         json.dumps(
@@ -89,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
                 "vector_norm_max": round(float(norms.max()), 6),
                 "seconds": round(result.seconds, 2),
                 "rows_per_second": round(result.rows_per_second, 1),
+                **({"plot": str(args.plot)} if args.plot is not None else {}),
             }
         ),
         file=sys.stdout,
