@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,6 @@ from sarsteer_guard.errors import (
     AudioError,
     GuardError,
     OverloadedError,
-    StoreUnavailableError,
-    VectorsError,
 )
 from sarsteer_guard.guard import metrics
 from sarsteer_guard.guard.conversation import ConversationStore
@@ -59,6 +57,8 @@ class Guard:
         batch_window_ms: how long the first turn of a batch waits for company.
         max_queue: turns allowed to wait; beyond it a turn gets an "overloaded" error.
         max_new_tokens: default reply length budget per turn.
+        max_new_tokens_cap: the most a turn may ask for (a batch runs as long as its
+            longest row, so one huge request would hold every other session back).
         max_turn_s: longest user turn accepted (the audio encoder hears 30 s).
         refusal_gate_chars: with a fixed refusal message, text is held back until this
             many characters are known so a refusal can be replaced before it is spoken.
@@ -81,6 +81,7 @@ class Guard:
         batch_window_ms: float = 10.0,
         max_queue: int = 64,
         max_new_tokens: int = 64,
+        max_new_tokens_cap: int = 512,
         max_turn_s: float = 30.0,
         refusal_gate_chars: int = 32,
         turn_prompt: str | None = None,
@@ -100,6 +101,7 @@ class Guard:
         self.batch_window_s = batch_window_ms / 1000
         self.max_queue = max_queue
         self.max_new_tokens = max_new_tokens
+        self.max_new_tokens_cap = max(1, max_new_tokens_cap)
         self.max_turn_s = max_turn_s
         self.refusal_gate_chars = refusal_gate_chars
         self.turn_prompt = turn_prompt
@@ -123,6 +125,10 @@ class Guard:
         self._loaded = False
         self._started = False
         self._load_lock = asyncio.Lock()
+        # Separate small pools: a long calibration or a slow audit backend must not starve
+        # each other or the default executor that integrations also use.
+        self._vector_pool: ThreadPoolExecutor | None = None
+        self._audit_pool: ThreadPoolExecutor | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -139,6 +145,13 @@ class Guard:
         self.lm = self._model_spec if not isinstance(self._model_spec, str) else None
         if self.lm is None:
             self.lm = load_model(self._model_spec)
+        if self.lm.model_id in ("tiny", "tiny-planted"):
+            log.warning(
+                "guard.test_model",
+                model=self.lm.model_id,
+                hint="built-in test model with random/constructed weights; pass model=<hub id "
+                "or path> (e.g. Qwen/Qwen2-Audio-7B-Instruct) to guard real traffic",
+            )
         self._load_policy()
         self._store = (
             open_store(None if self._store_spec is None else str(self._store_spec))
@@ -150,18 +163,19 @@ class Guard:
             if self._audit_spec is None or isinstance(self._audit_spec, str | Path)
             else self._audit_spec
         )
+        self.engine = GenerationEngine(
+            self.lm,
+            max_batch_size=self.max_batch_size,
+            batch_window_s=self.batch_window_s,
+            max_queue=self.max_queue,
+        )
         self._vectors = VectorProvider(
             self.lm,
             self._store,
             batch_size=self.calibration_batch_size,
             progress=self.progress,
             fixed=self._fixed_vectors(),
-        )
-        self.engine = GenerationEngine(
-            self.lm,
-            max_batch_size=self.max_batch_size,
-            batch_window_s=self.batch_window_s,
-            max_queue=self.max_queue,
+            exclusive=self.engine.run_exclusive,
         )
         self._prewarm_vectors()
         self._loaded = True
@@ -192,24 +206,34 @@ class Guard:
             if self._started:
                 return
             await asyncio.to_thread(self.load)
+            self._vector_pool = ThreadPoolExecutor(1, thread_name_prefix="sarsteer-vectors")
+            self._audit_pool = ThreadPoolExecutor(2, thread_name_prefix="sarsteer-audit")
             self.engine.start()
             if self._watcher is not None:
                 self._watcher.start()
             self._started = True
 
     async def close(self) -> None:
-        """Stop the engine, the policy watcher and the stores (idempotent)."""
-        if self._watcher is not None:
-            self._watcher.stop()
-        if self.engine is not None:
-            await asyncio.to_thread(self.engine.stop)
-        for resource in (self.audit_log, self._store):
-            closer = getattr(resource, "close", None)
-            if closer is not None:
-                with contextlib.suppress(Exception):
-                    closer()
-        self._started = False
-        self._loaded = False
+        """Stop the watcher, the engine (queued turns get an error), the pools and the stores.
+
+        Idempotent; waits for a ``start()`` in progress so nothing is opened after closing.
+        """
+        async with self._load_lock:
+            if self._watcher is not None:
+                await asyncio.to_thread(self._watcher.stop)
+            if self.engine is not None:
+                await asyncio.to_thread(self.engine.stop)
+            for pool in (self._vector_pool, self._audit_pool):
+                if pool is not None:
+                    await asyncio.to_thread(pool.shutdown, True)  # audits in flight finish
+            self._vector_pool = self._audit_pool = None
+            for resource in (self.audit_log, self._store):
+                closer = getattr(resource, "close", None)
+                if closer is not None:
+                    with contextlib.suppress(Exception):
+                        closer()
+            self._started = False
+            self._loaded = False
 
     async def __aenter__(self) -> Guard:
         await self.start()
@@ -227,8 +251,8 @@ class Guard:
 
     @property
     def ready(self) -> bool:
-        """Model loaded and the engine running."""
-        return self._started
+        """Model loaded and the engine's worker alive."""
+        return self._started and self.engine is not None and self.engine.running
 
     def _load_policy(self) -> None:
         from sarsteer_guard.policy import PolicyWatcher, load_policy
@@ -238,20 +262,36 @@ class Guard:
             spec = default_policy_path()
         if isinstance(spec, str | Path):
             if self.watch_policy:
-                self._watcher = PolicyWatcher(Path(spec))
+                self._watcher = PolicyWatcher(Path(spec), on_change=self._on_policy_change)
                 self._policy = self._watcher.current
             else:
                 self._policy = load_policy(Path(spec))
         else:
             self._policy = spec
 
-    def _prewarm_vectors(self) -> None:
-        """Fetch or calibrate every vector set the policy can ask for, before traffic."""
-        for request in self._vector_requests_for_policy(self.policy):
+    def _prewarm_vectors(self, policy: Any = None) -> None:
+        """Check layers and fetch or calibrate every vector set a policy can ask for.
+
+        A rule naming a layer the model does not have raises :class:`PolicyError` here, at
+        start or reload, rather than failing every turn it matches.
+        """
+        policy = policy or self.policy
+        for decision in policy.possible_decisions():
+            decision.resolve_layers(self.lm.num_layers)
+            decision.resolve_beta(self.lm.num_layers)
+        for request in self._vector_requests_for_policy(policy):
             try:
                 self._vectors.get(request)
-            except (VectorsError, StoreUnavailableError) as error:
-                log.warning("guard.vectors_unavailable_at_start", error=str(error))
+            except Exception as error:  # the failure mode applies per turn; start goes on
+                log.warning("guard.vectors_unavailable_at_start", error=_one_line(error))
+
+    def _on_policy_change(self, policy: Any) -> None:
+        """Runs on the watcher's thread after a reload: vectors are ready before traffic."""
+        try:
+            self._prewarm_vectors(policy)
+            log.info("guard.policy_prewarmed", policy=policy.name, version=policy.version)
+        except Exception as error:  # the reload already happened; turns report per-turn errors
+            log.error("guard.policy_prewarm_failed", error=_one_line(error))
 
     # -- turns -------------------------------------------------------------------------------
     async def respond(self, turn: Turn) -> AsyncIterator[GuardEvent]:
@@ -276,9 +316,12 @@ class Guard:
         if wants_vectors:
             try:
                 loaded = await self._get_vectors(decision)
-            except (VectorsError, StoreUnavailableError) as error:
-                metrics.FAILURES.labels(kind=error.kind).inc()
-                log.warning("guard.vectors_unavailable", turn_id=turn.turn_id, error=str(error))
+            except Exception as error:  # whatever the cause, the policy's failure mode decides
+                kind = error.kind if isinstance(error, GuardError) else "vectors"
+                metrics.FAILURES.labels(kind=kind).inc()
+                log.warning(
+                    "guard.vectors_unavailable", turn_id=turn.turn_id, error=_one_line(error)
+                )
                 flags.append("vectors_unavailable")
                 if decision.failure_mode == "fail_closed":
                     flags.append("fail_closed")
@@ -317,7 +360,8 @@ class Guard:
         cached = self._vectors.cached(request)
         if cached is not None:
             return cached
-        return await asyncio.to_thread(self._vectors.get, request)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._vector_pool, self._vectors.get, request)
 
     def _vector_request(self, decision: Any) -> Any:
         from sarsteer_guard.guard.vectors import VectorRequest
@@ -370,6 +414,7 @@ class Guard:
         return SteeringSpec(
             vector_set_id=loaded.id,
             vectors=loaded.vectors.vectors,
+            vectors_digest=loaded.vectors.digest,
             layer_ids=None if layers is None else tuple(layers),
             beta=None if beta is None else tuple(beta),
             prompt_only=decision.steer_positions == "prompt_only",
@@ -388,11 +433,16 @@ class Guard:
         from sarsteer_guard.guard.engine import GenerationRequest
 
         loop = asyncio.get_running_loop()
-        conversation = self._conversation(turn, decision, audio)
-        spec = self._steering_spec(decision, loaded)
+        try:
+            conversation = self._conversation(turn, decision, audio)
+            spec = self._steering_spec(decision, loaded)
+        except GuardError as error:
+            metrics.FAILURES.labels(kind=error.kind).inc()
+            yield TurnError(turn.turn_id, error.kind, _one_line(error))
+            return
         shadow = decision.mode == "shadow"
         alpha = decision.alpha if loaded is not None else 0.0
-        max_new = turn.max_new_tokens or self.max_new_tokens
+        max_new = min(turn.max_new_tokens or self.max_new_tokens, self.max_new_tokens_cap)
         served = GenerationRequest(
             conversation=conversation,
             alpha=0.0 if shadow else alpha,
@@ -467,7 +517,8 @@ class Guard:
                     yield TurnError(
                         turn.turn_id,
                         kind_name,
-                        f"the model failed on this turn ({type(failure).__name__}: {failure}); "
+                        f"the model failed on this turn ({type(failure).__name__}: "
+                        f"{_one_line(failure)}); "
                         "the session can continue",
                     )
                     return
@@ -594,23 +645,26 @@ class Guard:
             return None
         from sarsteer_guard.guard.auditing import build_audit_draft
 
-        draft = build_audit_draft(
-            turn=turn,
-            decision=decision,
-            event=event,
-            audio=audio,
-            sample_rate=self.lm.sampling_rate,
-            model_id=self.lm.model_id,
-            model_fingerprint=self.lm.fingerprint,
-        )
+        def write() -> str:
+            draft = build_audit_draft(
+                turn=turn,
+                decision=decision,
+                event=event,
+                audio=audio,
+                sample_rate=self.lm.sampling_rate,
+                model_id=self.lm.model_id,
+                model_fingerprint=self.lm.fingerprint,
+            )
+            self.audit_log.append(draft)
+            return draft.id
+
         try:
-            await asyncio.to_thread(self.audit_log.append, draft)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._audit_pool, write)
         except Exception as error:  # auditing must never take a voice turn down
             metrics.AUDIT_FAILURES.inc()
-            log.error("guard.audit_failed", turn_id=turn.turn_id, error=str(error))
+            log.error("guard.audit_failed", turn_id=turn.turn_id, error=_one_line(error))
             return None
-        # A spooled draft (Redis down) keeps its id when it is replayed and chained later.
-        return draft.id
 
 
 async def _shadow_outcome(row: Any, detector: RefusalDetector) -> dict[str, object]:
@@ -651,6 +705,7 @@ def default_policy_path() -> Path:
     return Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
 
 
-def audio_sha256(audio: np.ndarray) -> str:
-    """Hash of the turn's audio as the model heard it (float32 PCM)."""
-    return hashlib.sha256(np.ascontiguousarray(audio, dtype=np.float32).tobytes()).hexdigest()
+def _one_line(error: BaseException) -> str:
+    """The first line of an error message (library errors are often multi-line)."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__

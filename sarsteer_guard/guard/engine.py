@@ -8,18 +8,24 @@ independently: at their end-of-sequence token, at their own token budget, or whe
 their turn is cancelled (barge-in), checked by a stopping criterion on every decode
 step. Tokens reach the asyncio side through ``call_soon_threadsafe``, so the event
 loop never blocks on the model.
+
+The worker thread is the model's only user: calibration (which hooks every layer) runs
+as an exclusive job between batches via :meth:`GenerationEngine.run_exclusive`, because
+forward hooks belong to modules, not threads, and would otherwise mix steering into
+captured states and captures into served turns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import queue
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -32,6 +38,8 @@ from sarsteer_guard.steering import SteeringHooks
 
 log = get_logger(__name__)
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True, slots=True)
 class SteeringSpec:
@@ -39,6 +47,7 @@ class SteeringSpec:
 
     vector_set_id: str | None = None
     vectors: torch.Tensor | None = None  # [layers, hidden] float32 (CPU), shared per set
+    vectors_digest: str | None = None  # content digest: rows batch only with identical vectors
     layer_ids: tuple[int, ...] | None = None
     beta: tuple[float, ...] | None = None
     prompt_only: bool = False
@@ -47,7 +56,13 @@ class SteeringSpec:
     @property
     def group(self) -> tuple[object, ...]:
         """Batch compatibility key (alpha deliberately excluded)."""
-        return (self.vector_set_id, self.layer_ids, self.beta, self.prompt_only, self.readout_layer)
+        return (
+            self.vectors_digest,
+            self.layer_ids,
+            self.beta,
+            self.prompt_only,
+            self.readout_layer,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,15 +148,27 @@ class _RowStreamer(BaseStreamer):
             self._ids[i].append(int(token))
             if self.first_token_at[i] is None:
                 self.first_token_at[i] = now
+            if len(self._ids[i]) >= row.max_new_tokens:
+                self._done[i] = True
             text = self._engine.decode(self._ids[i])
             if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for more
                 continue
-            delta = text[len(self._texts[i]) :]
-            if delta:
-                self._texts[i] = text
-                row.send("delta", delta)
-            if len(self._ids[i]) >= row.max_new_tokens:
-                self._done[i] = True
+            self._emit(i, text)
+
+    def _emit(self, i: int, text: str) -> None:
+        sent = self._texts[i]
+        if not text.startswith(sent):  # a tokenizer that rewrites earlier text: send the rest
+            return
+        delta = text[len(sent) :]
+        if delta:
+            self._texts[i] = text
+            self._rows[i].send("delta", delta)
+
+    def flush(self, i: int) -> str:
+        """Send what is still held back (a trailing partial character) and return the text."""
+        text = self.row_text(i)
+        self._emit(i, text)
+        return self._texts[i] if text.startswith(self._texts[i]) else text
 
     def end(self) -> None:
         """Nothing to flush: rows are finalised by the engine."""
@@ -172,6 +199,33 @@ class _RowStops(StoppingCriteria):
         return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]  # BoolTensor is a typing alias of Tensor
 
 
+class _Job:
+    """A callable run on the worker thread between batches (exclusive use of the model)."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            self.future.set_result(self.fn())
+        except BaseException as error:  # delivered to the waiting caller, never swallowed
+            self.future.set_exception(error)
+
+
+_Item = GenerationRequest | _Job | None
+
+
+class _EncodeError(Exception):
+    """A batch's inputs could not be built (before any token was generated)."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 class GenerationEngine:
     """Owns the model's worker thread; ``submit`` is safe from any event loop."""
 
@@ -187,8 +241,9 @@ class GenerationEngine:
         self.max_batch_size = max(1, max_batch_size)
         self.batch_window_s = max(0.0, batch_window_s)
         self.max_queue = max(1, max_queue)
-        self._pending: queue.Queue[GenerationRequest | None] = queue.Queue()
+        self._pending: queue.Queue[_Item] = queue.Queue()
         self._backlog: list[GenerationRequest] = []
+        self._jobs_after_batch: list[_Job] = []
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._lock = threading.Lock()
@@ -214,19 +269,37 @@ class GenerationEngine:
             )
             self._thread.start()
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Cancel queued rows, let the running batch end, join the thread (idempotent)."""
-        thread = self._thread
-        if thread is None:
-            return
-        self._stopping.set()
-        self._pending.put(None)
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Refuse new rows, let the running batch end, join the thread, fail what was queued.
+
+        Idempotent. If the running batch outlasts ``timeout_s`` the thread is left to finish
+        on its own and stays registered, so a later ``start()`` cannot launch a second worker
+        on the same model.
+        """
+        with self._lock:
+            thread = self._thread
+            if thread is None:
+                return
+            self._stopping.set()
+            self._pending.put(None)
         thread.join(timeout_s)
-        self._thread = None
-        for request in self._drain():
-            request.send(
-                "error", GuardError("the guard is shutting down; retry on another replica")
-            )
+        with self._lock:
+            if not thread.is_alive():
+                self._thread = None
+            leftovers = self._drain()
+        for item in leftovers:
+            if isinstance(item, _Job):
+                item.future.cancel()
+            else:
+                item.send(
+                    "error", GuardError("the guard is shutting down; retry on another replica")
+                )
+
+    @property
+    def running(self) -> bool:
+        """The worker thread is alive and accepting rows."""
+        thread = self._thread
+        return thread is not None and thread.is_alive() and not self._stopping.is_set()
 
     @property
     def queue_depth(self) -> int:
@@ -240,19 +313,37 @@ class GenerationEngine:
     # -- submission ------------------------------------------------------------------------
     def submit(self, request: GenerationRequest) -> GenerationRequest:
         """Queue one row; raises :class:`OverloadedError` when the queue is full."""
-        if self._thread is None or self._stopping.is_set():
-            raise GuardError("the guard is not running: await guard.start() first")
-        if self.queue_depth >= self.max_queue:
-            raise OverloadedError(
-                f"{self.queue_depth} turns are already waiting; retry shortly or add replicas"
-            )
-        self._pending.put(request)
+        with self._lock:  # shared with stop(): a row is either queued before the drain or refused
+            if not self.running:
+                raise GuardError("the guard is not running: await guard.start() first")
+            if self.queue_depth >= self.max_queue:
+                raise OverloadedError(
+                    f"{self.queue_depth} turns are already waiting; retry shortly or add replicas"
+                )
+            self._pending.put(request)
         return request
 
+    def run_exclusive(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` with the model to itself (between batches); blocks until it is done.
+
+        Called from the worker thread, or while the engine is stopped, it runs inline.
+        """
+        thread = self._thread
+        if thread is None or not thread.is_alive() or threading.current_thread() is thread:
+            return fn()
+        job = _Job(fn)
+        with self._lock:
+            if self._stopping.is_set():
+                raise GuardError("the guard is shutting down; retry on another replica")
+            self._pending.put(job)
+        result: T = job.future.result()
+        return result
+
     # -- worker ----------------------------------------------------------------------------
-    def _drain(self) -> list[GenerationRequest]:
-        drained = list(self._backlog)
+    def _drain(self) -> list[GenerationRequest | _Job]:
+        drained: list[GenerationRequest | _Job] = [*self._backlog, *self._jobs_after_batch]
         self._backlog.clear()
+        self._jobs_after_batch.clear()
         while True:
             try:
                 item = self._pending.get_nowait()
@@ -268,6 +359,9 @@ class GenerationEngine:
         else:
             item = self._pending.get()
             if item is None:
+                return []
+            if isinstance(item, _Job):
+                item.run()
                 return []
             first = item
         batch = [first]
@@ -292,7 +386,9 @@ class GenerationEngine:
             if item is None:
                 self._stopping.set()
                 break
-            if item.steering.group == group:
+            if isinstance(item, _Job):
+                self._jobs_after_batch.append(item)
+            elif item.steering.group == group:
                 batch.append(item)
             else:
                 self._backlog.append(item)
@@ -301,19 +397,39 @@ class GenerationEngine:
     def _run(self) -> None:
         while not self._stopping.is_set():
             batch = self._next_batch()
-            if not batch:
-                continue
-            try:
-                self._generate(batch)
-            except Exception as error:  # one bad batch must not kill the worker
-                log.exception("engine.batch_failed", rows=len(batch))
-                for request in batch:
-                    request.send("error", error)
+            if batch:
+                self._generate_isolated(batch)
+            jobs, self._jobs_after_batch = self._jobs_after_batch, []
+            for job in jobs:
+                job.run()
+
+    def _generate_isolated(self, batch: list[GenerationRequest]) -> None:
+        """Run a batch; if it fails, retry its rows alone so one bad row fails only itself."""
+        try:
+            self._generate(batch)
+        except _EncodeError as error:  # nothing was generated yet: isolate the bad row(s)
+            if len(batch) == 1:
+                log.warning("engine.row_rejected", tag=batch[0].tag, error=str(error.cause))
+                batch[0].send("error", error.cause)
+                return
+            log.warning("engine.batch_encode_failed", rows=len(batch), error=str(error.cause))
+            for request in batch:
+                if request.cancelled.is_set():
+                    _notify_cancelled(request)
+                else:
+                    self._generate_isolated([request])
+        except Exception as error:  # one failed batch must not kill the worker
+            log.exception("engine.batch_failed", rows=len(batch))
+            for request in batch:
+                request.send("error", error)
 
     def _generate(self, batch: list[GenerationRequest]) -> None:
         started = time.perf_counter()
         lm = self.lm
-        inputs = lm.encode([list(r.conversation) for r in batch])
+        try:
+            inputs = lm.encode([list(r.conversation) for r in batch])
+        except Exception as error:
+            raise _EncodeError(error) from error
         streamer = _RowStreamer(self, batch)
         stops = StoppingCriteriaList([_RowStops(batch, streamer)])
         max_new = max(r.max_new_tokens for r in batch)
@@ -355,8 +471,9 @@ class GenerationEngine:
         prefill_at = streamer.prefill_done_at or finished
         for i, request in enumerate(batch):
             first = streamer.first_token_at[i] or finished
+            text = streamer.flush(i)
             result = RowResult(
-                text=streamer.row_text(i),
+                text=text,
                 tokens=streamer.row_tokens(i),
                 cancelled=request.cancelled.is_set(),
                 queue_ms=(started - request.submitted) * 1000,

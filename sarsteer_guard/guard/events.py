@@ -47,7 +47,7 @@ class Turn:
     sample_rate: int = 16000
     channels: int = 1
     sample_format: Literal["int16", "float32"] = "int16"
-    session_id: str = "default"
+    session_id: str = field(default_factory=new_turn_id)  # no id: a private, one-turn session
     context: TurnContext = field(default_factory=dict)
     history: Sequence[HistoryItem] | None = None
     turn_id: str = field(default_factory=new_turn_id)

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sarsteer_guard.calibration import (
     Activations,
     CalibrationConfig,
+    CalibrationResult,
     calibrate,
     calibration_digest,
 )
@@ -70,6 +73,7 @@ class VectorProvider:
         batch_size: int = 8,
         progress: bool = False,
         fixed: SteeringVectors | None = None,
+        exclusive: Callable[[Callable[[], Any]], Any] | None = None,
     ) -> None:
         self._lm = lm
         self._store = store
@@ -78,6 +82,9 @@ class VectorProvider:
         self._cache: dict[object, LoadedVectors] = {}
         self._activations: dict[tuple[str, str, str, str], tuple[Activations, VectorMeta]] = {}
         self._lock = threading.Lock()
+        # Calibration hooks every layer: it must run where nothing else uses the model
+        # (the engine's worker thread, between batches).
+        self._exclusive: Callable[[Callable[[], Any]], Any] = exclusive or (lambda fn: fn())
         self._fixed = None if fixed is None else LoadedVectors(fixed.digest[:32], fixed)
 
     def cached(self, request: VectorRequest) -> LoadedVectors | None:
@@ -129,7 +136,9 @@ class VectorProvider:
             known = self._activations.get(activation_key)
             if known is None:
                 log.info("vectors.calibrating", key=key.id, model=lm.model_id)
-                result = calibrate(lm, harmful, benign, config, progress=self._progress)
+                result: CalibrationResult = self._exclusive(
+                    lambda: calibrate(lm, harmful, benign, config, progress=self._progress)
+                )
                 self._activations[activation_key] = (result.activations, result.vectors.meta)
                 return result.vectors.to_bytes()
             activations, meta = known
