@@ -229,10 +229,42 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    anchor = _parse_anchor(args.anchor) if args.anchor else None
     with open_audit_log(args.store) as log:
         report = log.verify()
+        head = None
+        anchored = None
+        for record in log.iter():
+            head = record
+            if anchor is not None and record.seq == anchor[0]:
+                anchored = record
     print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
-    return 0 if report.ok else 1
+    if not report.ok:
+        return 1
+    if head is not None:
+        # Someone who can write the store can rewrite a tail and its head together; a head
+        # recorded outside the store (ticket, WORM bucket) makes that detectable later.
+        print(f"head: {head.seq}:{head.hash}  (keep it elsewhere; check later with --anchor)")
+    if anchor is not None:
+        if anchored is None or anchored.hash != anchor[1]:
+            found = "missing" if anchored is None else f"has hash {anchored.hash}"
+            print(
+                f"anchor broken: record {anchor[0]} {found}, expected {anchor[1]}: the log was "
+                "rewritten after the anchor was taken; restore it from a backup and investigate",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"anchor ok: record {anchor[0]} still has the recorded hash")
+    return 0
+
+
+def _parse_anchor(text: str) -> tuple[int, str]:
+    seq, sep, digest = text.partition(":")
+    if not sep or not seq.isdigit() or len(digest) != 64:
+        raise AuditError(
+            f"--anchor {text!r} is not SEQ:HASH (as printed by `audit verify`, e.g. 42:9f3c...)"
+        )
+    return int(seq), digest.lower()
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
@@ -314,6 +346,12 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("verify", parents=[store], help="check the hash chain")
+    p.add_argument(
+        "--anchor",
+        metavar="SEQ:HASH",
+        help="also check that record SEQ still has HASH (a head printed earlier and kept "
+        "outside the store)",
+    )
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser(
