@@ -295,6 +295,7 @@ def main() -> None:
     )
     parser.add_argument("--cli-repeats", type=int, default=2, help="end-to-end CLI runs (0: skip)")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--profile-repeats", type=int, default=3, help="median of N passes")
     parser.add_argument(
         "--prototype-repeats", type=int, default=3, help="audio-dedup prototype rounds (0: skip)"
     )
@@ -349,7 +350,8 @@ def main() -> None:
     if not args.no_profile:
         profile: dict[str, Any] = {}
         for b in args.batch:
-            stages = _profile(lm, items, b)
+            passes = [_profile(lm, items, b) for _ in range(args.profile_repeats)]
+            stages = {k: statistics.median(p[k] for p in passes) for k in passes[0]}
             total = stages["load_audio"] + stages["encode"] + stages["forward"]
             profile[f"batch_{b}"] = {
                 "ms_per_turn": {k: round(v / n * 1000, 2) for k, v in stages.items()},
@@ -366,6 +368,7 @@ def main() -> None:
             }
         result["profile"] = profile
         result["profile_note"] = (
+            "per-stage medians over --profile-repeats passes. "
             "feature_extraction is timed separately on the same clips (each clip twice, as the "
             "processor sees it) and is part of encode; audio_tower and text_decoder_layers are "
             "part of forward. Every row's mel input is padded to 30 s (3000 frames)."
@@ -383,8 +386,9 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t0, 2),
         "rows_per_second": round(full.rows_per_second, 1),
     }
-    if args.cli_repeats > 0:
-        result["cli_calibrate_then_respond"] = _end_to_end(args.cli_repeats, harmful.items[0].audio)
+    clip = harmful.items[0].audio
+    if args.cli_repeats > 0 and clip is not None:
+        result["cli_calibrate_then_respond"] = _end_to_end(args.cli_repeats, clip)
     emit(result, args.out)
 
 

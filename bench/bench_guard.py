@@ -17,7 +17,7 @@ token); ``total`` = submitted to the TurnDecision. Throughput = turns / wall tim
 Also embeds ``bench/bench_segmenter.py``'s JSON (turn segmenter real-time factor), run as a
 subprocess.
 
-Run: .venv/bin/python bench/bench_guard.py [--rounds 3] [--turns 3] [--max-new-tokens 32]
+Run: .venv/bin/python bench/bench_guard.py [--rounds 3] [--turns 3] [--max-new-tokens 64]
 """
 
 from __future__ import annotations
@@ -263,7 +263,9 @@ def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--turns", type=int, default=3, help="turns per session per level")
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=64, help="reply budget (64: the Guard default)"
+    )
     parser.add_argument("--window-ms", type=float, default=10.0)
     parser.add_argument("--segmenter-repeats", type=int, default=5, help="0: skip")
     args = parser.parse_args()

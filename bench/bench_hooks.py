@@ -270,7 +270,7 @@ def run_tiny(args: Any) -> dict[str, Any]:
     from sarsteer_guard.models import Message, load_model
 
     lm = load_model("tiny")
-    items = load_manifest(DEFAULT_HARMFUL).items
+    paths = [item.audio for item in load_manifest(DEFAULT_HARMFUL).items if item.audio is not None]
     vectors = torch.randn(lm.num_layers, lm.hidden_size, generator=torch.Generator().manual_seed(0))
     result: dict[str, Any] = {
         "model": "tiny",
@@ -283,9 +283,7 @@ def run_tiny(args: Any) -> dict[str, Any]:
         "batches": {},
     }
     for b in args.batch:
-        clips = [
-            load_audio(items[i % len(items)].audio, target_rate=lm.sampling_rate) for i in range(b)
-        ]
+        clips = [load_audio(paths[i % len(paths)], target_rate=lm.sampling_rate) for i in range(b)]
         inputs = lm.encode([[Message("user", DEFAULT_PROMPT, clip)] for clip in clips])
         for _ in range(2):  # warm-up: allocator, kernels, lazy imports
             for case in CASES:
@@ -367,7 +365,8 @@ def run_7b(args: Any, *, scale: int = 1, device: str = "cuda") -> dict[str, Any]
     try:
         with torch.device(device), torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            model: Any = Qwen2AudioForConditionalGeneration(config).eval()
+            model: Any = Qwen2AudioForConditionalGeneration(config)
+            model.eval()
     finally:
         torch.set_default_dtype(previous)
     model.generation_config.pad_token_id = 0
@@ -407,6 +406,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="interleaved rounds (>= 15)")
     parser.add_argument("--tokens", type=int, default=64, help="decoded tokens per generate")
     parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
+    parser.add_argument(
         "--batch",
         type=lambda s: [int(x) for x in s.split(",")],
         default=[1, 8],
@@ -418,6 +420,8 @@ def main() -> None:
     quiet_logs()
     import torch
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     result: dict[str, Any] = {"benchmark": "hook_overhead", "machine": machine_info()}
     if args.model == "7b":
         if not torch.cuda.is_available():

@@ -72,6 +72,21 @@ def register(subparsers: Any) -> None:
         default=64,
         help="turns one connection may have open at once (a worker's concurrent calls)",
     )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="web origin (scheme://host[:port]) whose pages may open /v1/turns; repeatable, "
+        "also SARSTEER_GUARD_ALLOWED_ORIGINS (comma-separated). Handshakes with any other "
+        "Origin header get 403; clients that send none (RemoteGuard) are unaffected",
+    )
+    p.add_argument(
+        "--max-new-tokens-cap",
+        type=int,
+        default=512,
+        help="a turn asking for more max_new_tokens gets this many (default 512)",
+    )
     p.add_argument("--max-batch-size", type=int, default=16, help="rows per generation batch")
     p.add_argument("--max-queue", type=int, default=64, help="turns allowed to wait")
     # Test-only: a ScriptedGuard, so protocol tests need no model. Hidden on purpose.
@@ -115,7 +130,11 @@ def run(args: argparse.Namespace) -> int:
         raise GuardError(
             f"the server needs {error.name}: pip install 'sarsteer-guard[server]'"
         ) from error
-    from sarsteer_guard.server.settings import ServerSettings, load_tokens
+    from sarsteer_guard.server.settings import (
+        ServerSettings,
+        load_allowed_origins,
+        load_tokens,
+    )
 
     settings = ServerSettings(
         host=args.host,
@@ -127,6 +146,8 @@ def run(args: argparse.Namespace) -> int:
         turn_timeout_s=args.turn_timeout_s,
         shutdown_grace_s=args.shutdown_grace_s,
         max_open_turns=args.max_open_turns,
+        allowed_origins=load_allowed_origins(args.allow_origin),
+        max_new_tokens_cap=args.max_new_tokens_cap,
     )
     settings.check()  # before loading a model: a bad setting should fail in milliseconds
     app = create_app(_guard(args), settings)

@@ -46,6 +46,7 @@ from sarsteer_guard.server.protocol import (
     dumps,
     error_message,
     event_to_message,
+    new_session_id,
     parse_audio_b64,
     parse_audio_frame,
     parse_json,
@@ -155,6 +156,21 @@ class GuardService:
         """Turns receiving audio or generating, across connections."""
         return sum(c.open_turns for c in self.connections)
 
+    def forget_session(self, session_id: str) -> None:
+        """Drop a session's conversation history, if the guard keeps any.
+
+        The in-process Guard has ``conversations`` (a ConversationStore); other guards
+        (ScriptedGuard, a RemoteGuard behind a relay) may not, and are left alone.
+        """
+        conversations = getattr(self.guard, "conversations", None)
+        forget = getattr(conversations, "forget", None)
+        if forget is None:
+            return
+        try:
+            forget(session_id)
+        except Exception:
+            log.exception("server.forget_session_failed", session_id=session_id)
+
     def turn_closed(self) -> None:
         """A turn ended (final message sent or connection gone): wakes the drain."""
         metrics.OPEN_TURNS.dec()
@@ -242,6 +258,10 @@ class TurnConnection:
         self.running: dict[str, _Running] = {}
         self.rejected: OrderedDict[str, None] = OrderedDict()
         self.bucket = TokenBucket(self.settings.rate_limit_per_s)
+        # Turns that name no session get this one: private to the connection, forgotten
+        # when it closes (a shared default would mix strangers' conversations).
+        self.default_session_id = new_session_id()
+        self._default_session_used = False
         self._send_lock = asyncio.Lock()
         self._closed = False
         self._shutdown = False
@@ -311,6 +331,8 @@ class TurnConnection:
                 self.service.turn_closed()
             self.collecting.clear()
             await self._cancel_all("disconnect")
+            if self._default_session_used:
+                self.service.forget_session(self.default_session_id)
             self.service.connections.discard(self)
             metrics.CONNECTIONS.dec()
 
@@ -326,6 +348,7 @@ class TurnConnection:
                 "turn_timeout_s": s.turn_timeout_s,
                 "rate_limit_per_s": s.rate_limit_per_s,
                 "max_open_turns": s.max_open_turns,
+                "max_new_tokens": s.max_new_tokens_cap,
             },
         }
 
@@ -369,7 +392,7 @@ class TurnConnection:
             )
 
     async def _on_start(self, message: dict[str, Any]) -> None:
-        start = parse_turn_start(message)
+        start = parse_turn_start(message, default_session_id=self.default_session_id)
         turn_id = start.turn_id
         if turn_id in self.collecting or turn_id in self.running:
             # No turn_id on the error: it would end the open turn of the same id.
@@ -431,6 +454,8 @@ class TurnConnection:
                 return
             raise ProtocolError(f"turn.end for unknown turn_id {turn_id!r}: send turn.start first")
         start = collecting.start
+        if start.session_id == self.default_session_id:
+            self._default_session_used = True
         turn = Turn(
             audio=b"".join(collecting.chunks),
             sample_rate=start.sample_rate,
@@ -439,7 +464,8 @@ class TurnConnection:
             session_id=start.session_id,
             context=start.context,
             turn_id=turn_id,
-            max_new_tokens=start.max_new_tokens,
+            # Clamped, not refused: one 4096-token turn would hold its whole batch.
+            max_new_tokens=self.settings.clamp_max_new_tokens(start.max_new_tokens),
         )
         running = _Running(turn_id=turn_id)
         self.running[turn_id] = running
@@ -590,6 +616,19 @@ def create_app(
         return JSONResponse({"error": "this token may not use this endpoint"}, status_code=403)
 
     async def turns(websocket: WebSocket) -> None:
+        # Browsers always send Origin on a WebSocket upgrade and let any page open one
+        # (no CORS), so without this any site the operator visits could use the guard.
+        origin = websocket.headers.get("origin")
+        if origin is not None and not settings.origin_allowed(origin):
+            shown = origin[:200]  # the peer chose it: bound what goes to logs and back
+            metrics.ORIGIN_REFUSALS.inc()
+            log.warning("server.origin_refused", origin=shown)
+            body = {
+                "error": f"web origin {shown!r} may not open this socket: allow it with "
+                "--allow-origin or SARSTEER_GUARD_ALLOWED_ORIGINS"
+            }
+            await websocket.send_denial_response(JSONResponse(body, status_code=403))
+            return
         if settings.tokens.worker:
             token, granted = role(websocket.headers)
             if granted != "worker":

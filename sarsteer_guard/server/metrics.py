@@ -15,6 +15,10 @@ ERRORS = Counter("sarsteer_server_errors_total", "Error messages sent, by kind",
 AUTH_FAILURES = Counter(
     "sarsteer_server_auth_failures_total", "Requests refused for a missing or wrong token"
 )
+ORIGIN_REFUSALS = Counter(
+    "sarsteer_server_origin_refusals_total",
+    "WebSocket handshakes refused for a web Origin not in --allow-origin",
+)
 END_TO_FIRST_TOKEN_SECONDS = Histogram(
     "sarsteer_server_end_to_first_token_seconds",
     "turn.end received to first delta sent",

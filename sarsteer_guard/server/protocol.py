@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -128,10 +129,25 @@ def _int_field(message: Mapping[str, Any], name: str, default: int, turn_id: str
     return value
 
 
-def parse_turn_start(message: Mapping[str, Any]) -> TurnStart:
-    """Validate a ``turn.start`` message."""
+def new_session_id() -> str:
+    """A fresh, unguessable session id for a client that did not name its session."""
+    return f"anon-{uuid.uuid4().hex}"
+
+
+def parse_turn_start(
+    message: Mapping[str, Any], *, default_session_id: str | None = None
+) -> TurnStart:
+    """Validate a ``turn.start`` message.
+
+    A missing ``session_id`` becomes ``default_session_id`` (the server passes one per
+    connection), or a fresh :func:`new_session_id` when that is None: never a shared
+    constant, so clients that omit it never see each other's conversation history.
+    """
     turn_id = _turn_id(message)
-    session_id = message.get("session_id", "default")
+    if "session_id" in message:
+        session_id = message["session_id"]
+    else:
+        session_id = default_session_id or new_session_id()
     if not isinstance(session_id, str) or not 1 <= len(session_id) <= MAX_SESSION_ID_CHARS:
         raise ProtocolError(
             f"session_id must be a string of 1-{MAX_SESSION_ID_CHARS} characters", turn_id

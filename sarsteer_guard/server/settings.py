@@ -12,14 +12,17 @@ import hmac
 import ipaddress
 import json
 import os
+import re
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from sarsteer_guard.errors import GuardError
 from sarsteer_guard.log import get_logger
+from sarsteer_guard.server.protocol import MAX_NEW_TOKENS
 
 log = get_logger(__name__)
 
@@ -27,8 +30,14 @@ log = get_logger(__name__)
 WORKER_TOKEN_ENV = "SARSTEER_GUARD_TOKEN"  # noqa: S105 - a variable name, not a secret
 #: Environment variable holding the read-only token (health and metrics only).
 READ_TOKEN_ENV = "SARSTEER_GUARD_READ_TOKEN"  # noqa: S105 - a variable name
+#: Environment variable with web origins allowed to open ``/v1/turns`` (comma-separated).
+ALLOWED_ORIGINS_ENV = "SARSTEER_GUARD_ALLOWED_ORIGINS"
 #: Shorter tokens are guessable; the error says how to make a good one.
 MIN_TOKEN_CHARS = 16
+#: Default for ``ServerSettings.max_new_tokens_cap`` (``--max-new-tokens-cap``).
+DEFAULT_MAX_NEW_TOKENS_CAP = 512
+_SCHEME_RE = re.compile(r"^[a-z][a-z0-9+.-]*$")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 Role = Literal["worker", "read"]
 
@@ -143,6 +152,57 @@ def _read_token_file(path: Path) -> tuple[list[str], list[str]]:
     return roles["worker"], roles["read"]
 
 
+def normalize_origin(value: str) -> str:
+    """The canonical form of a web origin (``scheme://host[:port]``), as browsers send it.
+
+    Scheme and host are lowercased and a default port (80 for http, 443 for https) is
+    dropped, so ``HTTPS://App.Example:443/`` and ``https://app.example`` compare equal.
+    Raises :class:`ServerConfigError` for anything that is not an origin (a path, a
+    query, credentials, ``null``, ``*``).
+    """
+    text = value.strip()
+    problem = (
+        f"{value!r} is not a web origin: write scheme://host[:port], e.g. "
+        "https://console.example.com (no path, no wildcard)"
+    )
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ServerConfigError(problem) from None
+    scheme = parts.scheme.lower()
+    host = parts.hostname or ""
+    if (
+        not _SCHEME_RE.match(scheme)
+        or not host
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+        or parts.password is not None
+        or "*" in host
+    ):
+        raise ServerConfigError(problem)
+    if ":" in host:
+        host = f"[{host}]"  # IPv6 literal
+    if port is None or port == _DEFAULT_PORTS.get(scheme):
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def load_allowed_origins(
+    origins: Iterable[str] = (), environ: Mapping[str, str] | None = None
+) -> tuple[str, ...]:
+    """Allowed web origins from ``--allow-origin`` values plus ``SARSTEER_GUARD_ALLOWED_ORIGINS``.
+
+    Returned normalised and de-duplicated, in order.
+    """
+    env = os.environ if environ is None else environ
+    values = [*origins, *env.get(ALLOWED_ORIGINS_ENV, "").split(",")]
+    normalized = (normalize_origin(v) for v in values if v.strip())
+    return tuple(dict.fromkeys(normalized))
+
+
 def is_loopback(host: str) -> bool:
     """True if ``host`` only accepts connections from this machine."""
     if host == "localhost":
@@ -169,6 +229,12 @@ class ServerSettings:
         shutdown_grace_s: how long SIGTERM waits for in-flight turns before cancelling them.
         max_open_turns: turns one connection may have open at once (bounds memory; a
             worker multiplexes all its calls over one connection, so keep it generous).
+        allowed_origins: web origins whose pages may open ``/v1/turns``. A WebSocket
+            handshake carrying any other ``Origin`` header is refused with 403 (cross-site
+            WebSocket hijacking); clients that send no ``Origin`` (RemoteGuard, any
+            non-browser client) are unaffected. Normalised on construction.
+        max_new_tokens_cap: a turn's ``max_new_tokens`` above this is lowered to it (one
+            long turn holds its whole generation batch on the GPU).
     """
 
     host: str = "127.0.0.1"
@@ -180,6 +246,27 @@ class ServerSettings:
     turn_timeout_s: float = 60.0
     shutdown_grace_s: float = 20.0
     max_open_turns: int = 64
+    allowed_origins: tuple[str, ...] = ()
+    max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP
+
+    def __post_init__(self) -> None:
+        normalized = tuple(dict.fromkeys(normalize_origin(o) for o in self.allowed_origins))
+        object.__setattr__(self, "allowed_origins", normalized)
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """True if a handshake with this ``Origin`` header (None = absent) may proceed."""
+        if origin is None:
+            return True  # not a browser: browsers always send Origin on WebSocket upgrades
+        try:
+            return normalize_origin(origin) in self.allowed_origins
+        except ServerConfigError:
+            return False  # "null", garbage: never allowed
+
+    def clamp_max_new_tokens(self, requested: int | None) -> int | None:
+        """A turn's ``max_new_tokens`` lowered to ``max_new_tokens_cap`` (None stays None)."""
+        if requested is None:
+            return None
+        return min(requested, self.max_new_tokens_cap)
 
     def check(self) -> None:
         """Refuse settings that cannot be served safely (one-line errors)."""
@@ -201,6 +288,11 @@ class ServerSettings:
             raise ServerConfigError("--rate-limit and --shutdown-grace-s must be >= 0")
         if self.max_open_turns < 1:
             raise ServerConfigError("--max-open-turns must be at least 1")
+        if not 1 <= self.max_new_tokens_cap <= MAX_NEW_TOKENS:
+            raise ServerConfigError(
+                f"--max-new-tokens-cap must be from 1 to {MAX_NEW_TOKENS}, got "
+                f"{self.max_new_tokens_cap}"
+            )
 
     @property
     def hard_max_message_bytes(self) -> int:
