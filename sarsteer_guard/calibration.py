@@ -9,6 +9,7 @@ real last token, with all layers captured on the device and copied to the host o
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import time
 from collections.abc import Iterator, Sequence
@@ -32,7 +33,7 @@ from sarsteer_guard.defaults import (
 from sarsteer_guard.errors import ManifestError
 from sarsteer_guard.log import get_logger
 from sarsteer_guard.manifest import Manifest, ManifestItem
-from sarsteer_guard.models.base import AudioLanguageModel, Message
+from sarsteer_guard.models.base import AudioLanguageModel, Message, find_audio_encoder
 from sarsteer_guard.steering import LastPositionCapture, SteeringVectors, VectorMeta
 from sarsteer_guard.steering.extract import refusal_vectors
 
@@ -135,6 +136,69 @@ def _forward_kwargs(model: torch.nn.Module) -> dict[str, Any]:
     return kwargs
 
 
+@contextlib.contextmanager
+def _audio_encoded_once(model: torch.nn.Module) -> Iterator[dict[str, int]]:
+    """Run the audio encoder once per clip, not once per row.
+
+    Each calibration batch holds every clip twice (as is, then with the refusal
+    instruction), and the encoder, which always sees 30 s of padded audio, dominates
+    the cost. When the two halves of the encoder's batch are identical, a pre-hook
+    feeds it one half and a hook duplicates the output; anything else passes through
+    untouched, so captured states are unchanged bit for bit.
+    """
+    encoder = find_audio_encoder(model)
+    stats = {"shared": 0, "full": 0}
+    if encoder is None:
+        yield stats
+        return
+    halved: list[bool] = [False]
+
+    def pre_hook(
+        module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+        features = args[0] if args else kwargs.get("input_features")
+        halved[0] = False
+        if not isinstance(features, torch.Tensor) or features.shape[0] % 2:
+            stats["full"] += 1
+            return None
+        half = features.shape[0] // 2
+        if not torch.equal(features[:half], features[half:]):
+            stats["full"] += 1
+            return None
+        halved[0] = True
+        stats["shared"] += 1
+        args = (features[:half], *args[1:]) if args else args
+        kwargs = {
+            key: value[:half]
+            if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == 2 * half
+            else value
+            for key, value in kwargs.items()
+        }
+        return args, kwargs
+
+    def hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
+        if not halved[0]:
+            return None
+        halved[0] = False
+        if isinstance(output, torch.Tensor):
+            return torch.cat([output, output])
+        for key in ("last_hidden_state", "pooler_output"):
+            value = getattr(output, key, None)
+            if isinstance(value, torch.Tensor):
+                output[key] = torch.cat([value, value])
+        return output
+
+    handles = [
+        encoder.register_forward_pre_hook(pre_hook, with_kwargs=True),
+        encoder.register_forward_hook(hook),
+    ]
+    try:
+        yield stats
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def capture_pairs(
     lm: AudioLanguageModel,
     items: Sequence[ManifestItem],
@@ -156,7 +220,11 @@ def capture_pairs(
                 for item in batch
             ]
             inputs: BatchFeature = lm.encode(_conversations(batch, clips, config))
-            with torch.inference_mode(), LastPositionCapture(lm.decoder_layers) as capture:
+            with (
+                torch.inference_mode(),
+                LastPositionCapture(lm.decoder_layers) as capture,
+                _audio_encoded_once(lm.model),
+            ):
                 lm.model(**inputs, **forward_kwargs)
             states = capture.states
             bases.append(states[: len(batch)])

@@ -139,3 +139,27 @@ def test_empty_manifest_is_a_clear_error(planted: Any, tmp_path: Path) -> None:
     nothing = Manifest(path=empty, items=())
     with pytest.raises(ManifestError, match="no harmful calibration turns"):
         calibrate(planted, nothing, load_manifest(DEFAULT_BENIGN), progress=False)
+
+
+def test_audio_is_encoded_once_per_clip_with_identical_states(
+    planted: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sarsteer_guard import calibration
+    from sarsteer_guard.models.base import find_audio_encoder
+
+    items = load_manifest(DEFAULT_HARMFUL).items[:3]
+    encoder = find_audio_encoder(planted.model)
+    assert encoder is not None
+    seen: list[int] = []
+    handle = encoder.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    try:
+        shared = capture_pairs(planted, items, CalibrationConfig(batch_size=3), progress=False)
+        assert seen == [3]  # 3 clips, 6 rows: the encoder ran once per clip
+        monkeypatch.setattr(calibration, "find_audio_encoder", lambda model: None)
+        seen.clear()
+        full = capture_pairs(planted, items, CalibrationConfig(batch_size=3), progress=False)
+        assert seen == [6]
+    finally:
+        handle.remove()
+    for a, b in zip(shared, full, strict=True):
+        assert torch.equal(a, b)

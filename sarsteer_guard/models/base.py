@@ -304,6 +304,18 @@ def find_decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
     )
 
 
+def find_audio_encoder(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The audio encoder module (``audio_tower`` and kin), shallowest first; None if absent."""
+    best: tuple[int, torch.nn.Module] | None = None
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        if leaf in ("audio_tower", "audio_encoder", "audio_model"):
+            depth = name.count(".")
+            if best is None or depth < best[0]:
+                best = (depth, module)
+    return None if best is None else best[1]
+
+
 def config_fingerprint(model: torch.nn.Module) -> str:
     """sha256 of the model class, its config (minus storage/runtime keys) and a weight sample.
 
