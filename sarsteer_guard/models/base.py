@@ -304,6 +304,21 @@ def find_decoder_layers(model: torch.nn.Module) -> Sequence[torch.nn.Module]:
     )
 
 
+def language_model_layers(model: torch.nn.Module, family: str) -> list[torch.nn.Module]:
+    """``model.model.language_model.layers``: the text stack of Qwen-style audio LMs.
+
+    The audio tower (``model.model.audio_tower.layers``) also has ``layers``, so the path is
+    explicit rather than found by name.
+    """
+    layers = getattr(getattr(getattr(model, "model", None), "language_model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
+        raise ModelLoadError(
+            f"{type(model).__name__} has no model.language_model.layers; "
+            f"this transformers version lays out {family} differently (use transformers 5.x)"
+        )
+    return list(layers)
+
+
 def find_audio_encoder(model: torch.nn.Module) -> torch.nn.Module | None:
     """The audio encoder module (``audio_tower`` and kin), shallowest first; None if absent."""
     best: tuple[int, torch.nn.Module] | None = None

@@ -17,7 +17,7 @@ import torch
 
 from sarsteer_guard.errors import ModelLoadError
 
-from .base import AudioLanguageModel
+from .base import AudioLanguageModel, language_model_layers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -55,15 +55,7 @@ class Qwen2_5OmniThinkerLM(AudioLanguageModel):
         return cls(model_id=model_id, model=model, processor=processor)
 
     def _decoder_layers(self, model: PreTrainedModel) -> Sequence[torch.nn.Module]:
-        layers = getattr(
-            getattr(getattr(model, "model", None), "language_model", None), "layers", None
-        )
-        if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
-            raise ModelLoadError(
-                f"{type(model).__name__} has no model.language_model.layers; "
-                "this transformers version lays out Qwen2.5-Omni differently (use transformers 5.x)"
-            )
-        return list(layers)
+        return language_model_layers(model, "Qwen2.5-Omni")
 
 
 def build_omni_audio_processor(path: str) -> Any:

@@ -7,9 +7,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import torch
 
-from sarsteer_guard.errors import ModelLoadError
-
-from .base import AudioLanguageModel
+from .base import AudioLanguageModel, language_model_layers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -43,13 +41,4 @@ class Qwen2AudioLM(AudioLanguageModel):
         return cls(model_id=model_id, model=model, processor=processor)
 
     def _decoder_layers(self, model: PreTrainedModel) -> Sequence[torch.nn.Module]:
-        # The audio tower (model.model.audio_tower.layers) also has `layers`: take the text stack.
-        layers = getattr(
-            getattr(getattr(model, "model", None), "language_model", None), "layers", None
-        )
-        if not isinstance(layers, torch.nn.ModuleList) or len(layers) == 0:
-            raise ModelLoadError(
-                f"{type(model).__name__} has no model.language_model.layers; "
-                "this transformers version lays out Qwen2-Audio differently (use transformers 5.x)"
-            )
-        return list(layers)
+        return language_model_layers(model, "Qwen2-Audio")
