@@ -10,6 +10,7 @@ from sarsteer_guard.guard.events import (
     TurnDecision,
     TurnError,
 )
+from sarsteer_guard.guard.factory import build_guard
 
 __all__ = [
     "GuardEvent",
@@ -20,4 +21,5 @@ __all__ = [
     "Turn",
     "TurnDecision",
     "TurnError",
+    "build_guard",
 ]

@@ -18,7 +18,7 @@ import asyncio
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -44,7 +44,6 @@ from pipecat.services.ai_service import AIService
 from pipecat.services.settings import ServiceSettings
 from pipecat.utils.errors import ErrorCategory
 from pydantic import BaseModel, Field
-from sarsteer_guard.errors import GuardError
 from sarsteer_guard.guard.events import (
     ContextValue,
     GuardEvent,
@@ -571,31 +570,16 @@ class SARSteerGuardService(AIService):
     # -- guard ---------------------------------------------------------------------
 
     def _build_guard(self) -> SpeechGuard:
-        if self._remote_url is not None:
-            try:
-                from sarsteer_guard import RemoteGuard
-            except ImportError as e:
-                raise GuardError(
-                    "this sarsteer-guard has no RemoteGuard; upgrade sarsteer-guard or pass "
-                    "guard=... instead of remote_url=..."
-                ) from e
-            return cast(SpeechGuard, RemoteGuard(self._remote_url))
-        try:
-            from sarsteer_guard import Guard
-        except ImportError as e:
-            raise GuardError(
-                "sarsteer_guard.Guard is not importable; install sarsteer-guard with its "
-                "model dependencies (pip install sarsteer-guard) or pass guard=..."
-            ) from e
+        """Import lazily: the in-process Guard pulls torch, a RemoteGuard does not."""
+        from sarsteer_guard.guard.factory import build_guard
+
         config = self._guard_config
-        return cast(
-            SpeechGuard,
-            Guard(
-                model=config["model"],
-                policy=config["policy"],
-                store=config["store"],
-                audit=config["audit"],
-            ),
+        return build_guard(
+            model=config["model"] or "tiny",
+            policy=config["policy"],
+            store=config["store"],
+            audit=config["audit"],
+            remote_url=self._remote_url,
         )
 
     async def _start_guard(self) -> None:

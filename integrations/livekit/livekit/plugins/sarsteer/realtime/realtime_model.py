@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import time
 import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, cast
+from typing import Literal
 
 import numpy as np
 from livekit import rtc
@@ -241,22 +240,16 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
 
     def _build_guard(self) -> SpeechGuard:
         """Import lazily: the in-process Guard pulls torch, a RemoteGuard does not."""
-        module = importlib.import_module("sarsteer_guard")
-        if self._remote_url is not None:
-            remote_cls = getattr(module, "RemoteGuard", None)
-            if remote_cls is None:
-                raise GuardError(
-                    "sarsteer_guard.RemoteGuard is not in the installed sarsteer-guard; "
-                    "upgrade sarsteer-guard or pass guard= yourself"
-                )
-            return cast(SpeechGuard, remote_cls(self._remote_url))
-        guard_cls = getattr(module, "Guard", None)
-        if guard_cls is None:
-            raise GuardError(
-                "sarsteer_guard.Guard is not in the installed sarsteer-guard; "
-                "upgrade sarsteer-guard or pass guard= yourself"
-            )
-        return cast(SpeechGuard, guard_cls(**self._guard_options))
+        from sarsteer_guard.guard.factory import build_guard
+
+        options = self._guard_options
+        return build_guard(
+            model=options["model"] or "tiny",
+            policy=options["policy"],
+            store=options["store"],
+            audit=options["audit"],
+            remote_url=self._remote_url,
+        )
 
 
 @dataclass
