@@ -123,6 +123,7 @@ def test_streamed_deltas_concatenate_to_the_decision_text(
     assert decision.timings.first_token_ms <= decision.timings.total_ms
     assert len(audit.records) == 1
     assert audit.records[0].turn_id == decision.turn_id
+    assert audit.records[0].id == decision.audit_id  # the id is known before the write
     assert audit.verify().ok
 
 

@@ -33,6 +33,7 @@ def build_audit_draft(
     sample_rate: int,
     model_id: str,
     model_fingerprint: str,
+    record_id: str | None = None,
 ) -> AuditDraft:
     """Build the record for one turn: audio hashed always, kept only if the policy says so."""
     settings = decision.audit
@@ -54,6 +55,7 @@ def build_audit_draft(
         kept_audio = encode_audio(buffer.getvalue())
     now = utcnow()
     return AuditDraft(
+        **({"id": record_id} if record_id is not None else {}),
         time=now,
         turn_id=turn.turn_id,
         session_id=turn.session_id,

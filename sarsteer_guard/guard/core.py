@@ -640,31 +640,42 @@ class Guard:
     async def _audit(
         self, turn: Turn, decision: Any, audio: np.ndarray, event: TurnDecision
     ) -> str | None:
+        """Queue the turn's audit record and return its id at once.
+
+        The write runs on the audit pool and is not awaited: a slow or unreachable audit
+        backend (the spool absorbs outages, but a hung socket still takes its timeout)
+        must not delay the end of a voice turn. ``close()`` waits for queued writes.
+        """
         record = decision.audit_record
         if record == "none" or (record == "refused" and not event.refused):
             return None
+        from sarsteer_guard.audit.record import new_record_id
         from sarsteer_guard.guard.auditing import build_audit_draft
 
-        def write() -> str:
-            draft = build_audit_draft(
-                turn=turn,
-                decision=decision,
-                event=event,
-                audio=audio,
-                sample_rate=self.lm.sampling_rate,
-                model_id=self.lm.model_id,
-                model_fingerprint=self.lm.fingerprint,
-            )
-            self.audit_log.append(draft)
-            return draft.id
+        record_id = new_record_id()
 
-        try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._audit_pool, write)
-        except Exception as error:  # auditing must never take a voice turn down
-            metrics.AUDIT_FAILURES.inc()
-            log.error("guard.audit_failed", turn_id=turn.turn_id, error=_one_line(error))
+        def write() -> None:
+            try:
+                draft = build_audit_draft(
+                    turn=turn,
+                    decision=decision,
+                    event=event,
+                    audio=audio,
+                    sample_rate=self.lm.sampling_rate,
+                    model_id=self.lm.model_id,
+                    model_fingerprint=self.lm.fingerprint,
+                    record_id=record_id,
+                )
+                self.audit_log.append(draft)
+            except Exception as error:  # auditing must never take a voice turn down
+                metrics.AUDIT_FAILURES.inc()
+                log.error("guard.audit_failed", turn_id=turn.turn_id, error=_one_line(error))
+
+        pool = self._audit_pool
+        if pool is None:
             return None
+        pool.submit(write)
+        return record_id
 
 
 async def _shadow_outcome(row: Any, detector: RefusalDetector) -> dict[str, object]:
