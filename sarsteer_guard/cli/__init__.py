@@ -53,16 +53,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _quiet_third_party() -> None:
-    """Transformers' own loading bars and warnings are noise next to our progress and logs."""
+    """Silence library warnings next to our logs; loading bars stay (a 7B load takes a while)."""
     import os
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.set_verbosity_error()  # type: ignore[no-untyped-call]  # untyped in transformers
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # untyped in transformers
 
 
 if __name__ == "__main__":  # pragma: no cover
