@@ -120,7 +120,8 @@ class Guard:
         self._watcher: Any = None
         self._store: Any = None
         self._vectors: Any = None
-        self._readout_layers: dict[str, int] = {}
+        # vectors digest -> (tensor, readout layer = the layer where v_l is longest)
+        self._vector_tensors: dict[str, tuple[Any, int]] = {}
         self._detectors: dict[tuple[str, ...], RefusalDetector] = {}
         self._loaded = False
         self._started = False
@@ -308,7 +309,17 @@ class Guard:
             audio = self._turn_audio(turn)
         except GuardError as error:
             metrics.FAILURES.labels(kind=error.kind).inc()
-            yield TurnError(turn.turn_id, error.kind, str(error))
+            yield TurnError(turn.turn_id, error.kind, _one_line(error))
+            return
+        except Exception as error:  # e.g. a context value of an unexpected type
+            metrics.FAILURES.labels(kind="bad_request").inc()
+            log.warning("guard.turn_rejected", turn_id=turn.turn_id, error=_one_line(error))
+            yield TurnError(
+                turn.turn_id,
+                "bad_request",
+                f"the turn could not be prepared ({type(error).__name__}: {_one_line(error)}); "
+                "check its audio format and context values",
+            )
             return
         flags: list[str] = []
         loaded = None
@@ -407,13 +418,15 @@ class Guard:
             return SteeringSpec()
         layers = decision.resolve_layers(self.lm.num_layers)
         beta = decision.resolve_beta(self.lm.num_layers)
-        readout = self._readout_layers.get(loaded.id)
-        if readout is None:
-            norms = loaded.vectors.vectors.norm(dim=-1)
-            readout = self._readout_layers[loaded.id] = int(norms.argmax())
+        cached = self._vector_tensors.get(loaded.vectors.digest)
+        if cached is None:  # SteeringVectors hands out a fresh copy on every access: keep one
+            tensor = loaded.vectors.vectors
+            cached = (tensor, int(tensor.norm(dim=-1).argmax()))
+            self._vector_tensors[loaded.vectors.digest] = cached
+        tensor, readout = cached
         return SteeringSpec(
             vector_set_id=loaded.id,
-            vectors=loaded.vectors.vectors,
+            vectors=tensor,
             vectors_digest=loaded.vectors.digest,
             layer_ids=None if layers is None else tuple(layers),
             beta=None if beta is None else tuple(beta),
