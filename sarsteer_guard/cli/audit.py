@@ -16,11 +16,41 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from sarsteer_guard.audit import AuditLog, AuditRecord, open_audit_log
-from sarsteer_guard.audit.export import export_csv, export_jsonl, export_sor
 from sarsteer_guard.errors import AuditError, GuardError
+
+if TYPE_CHECKING:  # the audit stack (redis, sqlite) loads only when an audit command runs
+    from sarsteer_guard.audit import AuditLog, AuditRecord
+
+
+def open_audit_log(url: str | None) -> AuditLog:
+    """Open the audit log named by ``--store`` (imported on first use)."""
+    from sarsteer_guard.audit import open_audit_log as _open
+
+    return _open(url)
+
+
+def export_jsonl(records: Any, out: TextIO) -> Any:
+    """JSON lines export (imported on first use)."""
+    from sarsteer_guard.audit.export import export_jsonl as _export
+
+    return _export(records, out)
+
+
+def export_csv(records: Any, out: TextIO) -> Any:
+    """CSV export (imported on first use)."""
+    from sarsteer_guard.audit.export import export_csv as _export
+
+    return _export(records, out)
+
+
+def export_sor(records: Any, out: TextIO) -> Any:
+    """Statements-of-reasons export (imported on first use)."""
+    from sarsteer_guard.audit.export import export_sor as _export
+
+    return _export(records, out)
+
 
 _RELATIVE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.IGNORECASE)
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
