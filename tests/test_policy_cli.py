@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from sarsteer_guard.cli import main
-from sarsteer_guard.cli.policy import parse_context_value
+from sarsteer_guard.cli._common import parse_context_value
 from sarsteer_guard.policy import load_policy, policy_json_schema, run_policy_tests
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,10 +25,8 @@ pytestmark = [
 
 
 def _guard_class() -> Any:
-    try:
-        from sarsteer_guard.guard.core import Guard
-    except ImportError as error:  # the core is being finished in parallel
-        pytest.skip(f"sarsteer_guard.guard.core.Guard does not import yet: {error}")
+    from sarsteer_guard.guard.core import Guard
+
     return Guard
 
 

@@ -4,21 +4,18 @@ These commands are for the people who edit policies and for CI, so output is pla
 lines (``file:line:column: ...`` for problems, which editors and CI annotate) and
 nothing here imports torch.
 
-Context values given as ``--context key=value`` are typed the way YAML types them:
-``true``/``false`` (any case) become booleans, ``13`` an integer, ``0.5`` or ``1e3``
-a number, anything else text; wrap a value in double quotes to keep it text
-(``--context 'zip="02139"'``).
+``--context key=value`` values are typed as described in :mod:`sarsteer_guard.cli._common`.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from typing import Any
 
-from sarsteer_guard.errors import PolicyError
+from sarsteer_guard.cli._common import ContextValue, parse_context_item
+from sarsteer_guard.errors import GuardError, PolicyError
 from sarsteer_guard.policy import (
     Explanation,
     Policy,
@@ -29,31 +26,13 @@ from sarsteer_guard.policy import (
 )
 from sarsteer_guard.policy.conditions import show
 
-_INT = re.compile(r"^[-+]?\d+$")
-_FLOAT = re.compile(r"^[-+]?(?:\d+\.\d*|\.\d+|\d+(?:\.\d*)?[eE][-+]?\d+)$")
 
-
-def parse_context_value(raw: str) -> str | int | float | bool:
-    """Type a command-line context value (see the module docstring for the rules)."""
-    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
-        return raw[1:-1]
-    lowered = raw.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if _INT.match(raw):
-        return int(raw)
-    if _FLOAT.match(raw):
-        return float(raw)
-    return raw
-
-
-def _context_item(text: str) -> tuple[str, str | int | float | bool]:
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(
-            f"'{text}' is not key=value; write e.g. --context channel=kids --context age=9"
-        )
-    return key.strip(), parse_context_value(value)
+def _context_item(text: str) -> tuple[str, ContextValue]:
+    """The ``type=`` of ``--context``: argparse then reports the one-line error itself."""
+    try:
+        return parse_context_item(text)
+    except GuardError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 # --------------------------------------------------------------------------- lint

@@ -248,7 +248,6 @@ class GenerationEngine:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
         self.batches_run = 0
-        self._last_batch_size = 0
         self.batch_sizes: deque[int] = deque(maxlen=1024)
         #: Recent row outcomes (cancelled rows included), for observability and tests.
         self.completed: deque[RowResult] = deque(maxlen=256)
@@ -369,7 +368,8 @@ class GenerationEngine:
         group = first.steering.group
         # Wait for company only under load: a lone turn after a lone batch goes at once,
         # so a quiet guard does not add the window to every first token.
-        quiet = self._last_batch_size <= 1 and self._pending.empty() and not self._backlog
+        last_size = self.batch_sizes[-1] if self.batch_sizes else 0
+        quiet = last_size <= 1 and self._pending.empty() and not self._backlog
         deadline = time.perf_counter() + (0.0 if quiet else self.batch_window_s)
         keep: list[GenerationRequest] = []
         for request in self._backlog:
@@ -450,7 +450,6 @@ class GenerationEngine:
             "disable_compile": True,
         }
         self.batches_run += 1
-        self._last_batch_size = len(batch)
         self.batch_sizes.append(len(batch))
         with torch.inference_mode():
             vectors = spec.vectors

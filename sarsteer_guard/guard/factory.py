@@ -10,7 +10,7 @@ from sarsteer_guard.guard.events import SpeechGuard
 
 def build_guard(
     *,
-    model: str = "tiny",
+    model: str | None = "tiny",
     policy: Any = None,
     store: Any = None,
     audit: Any = None,
@@ -25,4 +25,5 @@ def build_guard(
     package = importlib.import_module("sarsteer_guard")
     if remote_url is not None:
         return cast(SpeechGuard, package.RemoteGuard(remote_url))
-    return cast(SpeechGuard, package.Guard(model=model, policy=policy, store=store, audit=audit))
+    guard = package.Guard(model=model or "tiny", policy=policy, store=store, audit=audit)
+    return cast(SpeechGuard, guard)

@@ -31,7 +31,7 @@ from sarsteer_guard.defaults import (
 )
 from sarsteer_guard.errors import VectorsError
 from sarsteer_guard.log import get_logger
-from sarsteer_guard.manifest import load_manifest
+from sarsteer_guard.manifest import Manifest, load_manifest
 from sarsteer_guard.models.base import AudioLanguageModel
 from sarsteer_guard.steering import SteeringVectors, VectorMeta
 from sarsteer_guard.steering.extract import refusal_vectors
@@ -82,6 +82,7 @@ class VectorProvider:
         self._cache: dict[object, LoadedVectors] = {}
         self._activations: dict[tuple[str, str, str, str], tuple[Activations, VectorMeta]] = {}
         self._lock = threading.Lock()
+        self._manifests: dict[Path, Manifest] = {}  # reading one hashes every clip: once only
         # Calibration hooks every layer: it must run where nothing else uses the model
         # (the engine's worker thread, between batches).
         self._exclusive: Callable[[Callable[[], Any]], Any] = exclusive or (lambda fn: fn())
@@ -103,6 +104,12 @@ class VectorProvider:
             self._cache[request] = loaded
             return loaded
 
+    def _manifest(self, path: Path) -> Manifest:
+        manifest = self._manifests.get(path)
+        if manifest is None:
+            manifest = self._manifests[path] = load_manifest(path)
+        return manifest
+
     def _fetch(self, request: VectorRequest) -> LoadedVectors:
         lm = self._lm
         if request.vector_set_id is not None:
@@ -112,8 +119,8 @@ class VectorProvider:
                 num_layers=lm.num_layers, hidden_size=lm.hidden_size, fingerprint=lm.fingerprint
             )
             return LoadedVectors(request.vector_set_id, vectors)
-        harmful = load_manifest(request.harmful)
-        benign = load_manifest(request.benign)
+        harmful = self._manifest(request.harmful)
+        benign = self._manifest(request.benign)
         config = CalibrationConfig(
             prompt=request.prompt,
             refusal_instruction=request.refusal_instruction,

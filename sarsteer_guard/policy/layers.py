@@ -61,8 +61,32 @@ def _check_model_depth(start: int, end: int, num_layers: int, what: str) -> None
         )
 
 
+class _ParsedValue:
+    """Pydantic plumbing for policy values read by a ``parse`` classmethod."""
+
+    __slots__ = ()
+
+    @classmethod
+    def parse(cls, value: Any) -> Any:
+        """Build the value from its YAML form."""
+        raise NotImplementedError
+
+    def to_data(self) -> Any:
+        """The YAML form again."""
+        raise NotImplementedError
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(
+            cls.parse,
+            serialization=core_schema.plain_serializer_function_ser_schema(lambda v: v.to_data()),
+        )
+
+
 @dataclass(frozen=True, slots=True)
-class LayerSelection:
+class LayerSelection(_ParsedValue):
     """Symbolic layer selection; ``ranges`` is None for ``all``."""
 
     ranges: tuple[tuple[int, int], ...] | None = None
@@ -119,15 +143,6 @@ class LayerSelection:
         return ", ".join(_range_text(s, e) for s, e in self.ranges)
 
     @classmethod
-    def __get_pydantic_core_schema__(
-        cls, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
-            cls.parse,
-            serialization=core_schema.plain_serializer_function_ser_schema(lambda v: v.to_data()),
-        )
-
-    @classmethod
     def __get_pydantic_json_schema__(
         cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
@@ -140,7 +155,7 @@ class LayerSelection:
 
 
 @dataclass(frozen=True, slots=True)
-class BetaMap:
+class BetaMap(_ParsedValue):
     """Per-layer multipliers of alpha (``beta_l``); unlisted layers use 1.0."""
 
     entries: tuple[tuple[int, int, float], ...] = ()
@@ -201,15 +216,6 @@ class BetaMap:
         if not self.entries:
             return "1.0 on every layer"
         return ", ".join(f"{_range_text(s, e)}: {v:g}" for s, e, v in self.entries)
-
-    @classmethod
-    def __get_pydantic_core_schema__(
-        cls, source: Any, handler: GetCoreSchemaHandler
-    ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(
-            cls.parse,
-            serialization=core_schema.plain_serializer_function_ser_schema(lambda v: v.to_data()),
-        )
 
     @classmethod
     def __get_pydantic_json_schema__(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -76,7 +76,47 @@ def _float_device_dtype(layer: nn.Module) -> tuple[torch.device, torch.dtype] | 
     return None
 
 
-class LastPositionCapture:
+class _LayerHooks:
+    """Lifecycle shared by capture and steering: register on start, remove on close/exit."""
+
+    _handles: list[RemovableHandle]
+
+    def start(self) -> Self:
+        """Register the hooks (idempotent)."""
+        raise NotImplementedError
+
+    def _register(self, pairs: Sequence[tuple[nn.Module, Any]]) -> None:
+        """Register ``(layer, hook)`` pairs; on any failure remove those already registered."""
+        try:
+            for layer, hook in pairs:
+                self._handles.append(layer.register_forward_hook(hook))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def active(self) -> bool:
+        """Whether the hooks are registered."""
+        return bool(self._handles)
+
+    def close(self) -> None:
+        """Remove the hooks (idempotent); what they recorded stays readable."""
+        while self._handles:
+            self._handles.pop().remove()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class LastPositionCapture(_LayerHooks):
     """Record the last-position output of each given layer on every forward call.
 
     Each hook copies ``hs[:, -1, :]`` into one preallocated float32 buffer
@@ -105,29 +145,8 @@ class LastPositionCapture:
         if self._handles:
             return self
         self._written = False
-        try:
-            for j, layer in enumerate(self._layers):
-                self._handles.append(layer.register_forward_hook(self._make_hook(j)))
-        except BaseException:
-            self.close()
-            raise
+        self._register([(layer, self._make_hook(j)) for j, layer in enumerate(self._layers)])
         return self
-
-    def close(self) -> None:
-        """Remove the hooks (idempotent); captured states stay readable."""
-        while self._handles:
-            self._handles.pop().remove()
-
-    def __enter__(self) -> LastPositionCapture:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _make_hook(self, j: int) -> Any:
         n_layers = len(self._layers)
@@ -212,7 +231,7 @@ def _vectors_tensor(vectors: torch.Tensor | SteeringVectors) -> torch.Tensor:
     return t
 
 
-class SteeringHooks:
+class SteeringHooks(_LayerHooks):
     """Add ``alpha * beta_l * v_l`` to the last position of each steered layer's output.
 
     Applied on every forward call: prefill (the prompt's last token) and each decode step (the
@@ -285,11 +304,6 @@ class SteeringHooks:
 
     # -- lifecycle -----------------------------------------------------------------------------
 
-    @property
-    def active(self) -> bool:
-        """Whether the hooks are registered."""
-        return bool(self._handles)
-
     def start(self) -> SteeringHooks:
         """Move the vectors to each layer's device and dtype and register the hooks (idempotent).
 
@@ -302,30 +316,8 @@ class SteeringHooks:
             dd = _float_device_dtype(self._layers[idx])
             device, dtype = dd if dd is not None else (torch.device("cpu"), torch.float32)
             self._place(idx, device, dtype)
-        try:
-            for idx in self._hooked:
-                hook = self._make_hook(idx)
-                self._handles.append(self._layers[idx].register_forward_hook(hook))
-        except BaseException:
-            self.close()
-            raise
+        self._register([(self._layers[idx], self._make_hook(idx)) for idx in self._hooked])
         return self
-
-    def close(self) -> None:
-        """Remove the hooks (idempotent). :meth:`readout` stays readable."""
-        while self._handles:
-            self._handles.pop().remove()
-
-    def __enter__(self) -> SteeringHooks:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # -- settings ------------------------------------------------------------------------------
 

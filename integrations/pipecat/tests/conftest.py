@@ -12,10 +12,8 @@ RATE = 16000
 
 
 def _synthesize(text: str) -> np.ndarray:
-    try:
-        from sarsteer_guard.testing.speech import espeak_available, synthesize
-    except ImportError:  # pragma: no cover - the shipped test kit predates this file
-        pytest.skip("sarsteer_guard.testing.speech is missing")
+    from sarsteer_guard.testing.speech import espeak_available, synthesize
+
     if not espeak_available():
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
     return synthesize(text, rate=RATE)

@@ -17,6 +17,7 @@ from pipecat.frames.frames import (
     UserStoppedSpeakingFrame,
 )
 from pipecat.tests.utils import run_test
+from sarsteer_guard import Guard
 
 from pipecat_sarsteer import (
     SARSteerContextUpdateFrame,
@@ -25,16 +26,7 @@ from pipecat_sarsteer import (
     SARSteerParams,
 )
 
-try:
-    from sarsteer_guard import Guard  # type: ignore[attr-defined]  # exported once the core lands
-except ImportError:
-    Guard = None
-
-pytestmark = [
-    pytest.mark.espeak,
-    pytest.mark.slow,
-    pytest.mark.skipif(Guard is None, reason="sarsteer_guard.Guard is not importable yet"),
-]
+pytestmark = [pytest.mark.espeak, pytest.mark.slow]
 
 RESPONSE_TYPES = (
     LLMFullResponseStartFrame,

@@ -573,14 +573,7 @@ class SARSteerGuardService(AIService):
         """Import lazily: the in-process Guard pulls torch, a RemoteGuard does not."""
         from sarsteer_guard.guard.factory import build_guard
 
-        config = self._guard_config
-        return build_guard(
-            model=config["model"] or "tiny",
-            policy=config["policy"],
-            store=config["store"],
-            audit=config["audit"],
-            remote_url=self._remote_url,
-        )
+        return build_guard(remote_url=self._remote_url, **self._guard_config)
 
     async def _start_guard(self) -> None:
         try:

@@ -242,14 +242,7 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
         """Import lazily: the in-process Guard pulls torch, a RemoteGuard does not."""
         from sarsteer_guard.guard.factory import build_guard
 
-        options = self._guard_options
-        return build_guard(
-            model=options["model"] or "tiny",
-            policy=options["policy"],
-            store=options["store"],
-            audit=options["audit"],
-            remote_url=self._remote_url,
-        )
+        return build_guard(remote_url=self._remote_url, **self._guard_options)
 
 
 @dataclass
