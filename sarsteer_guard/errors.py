@@ -8,6 +8,22 @@ exits with code 2; the Guard turns them into per-turn error events.
 
 from __future__ import annotations
 
+#: Longest detail :func:`one_line` keeps: a library's message can be a whole config dump.
+ONE_LINE_LIMIT = 300
+
+
+def one_line(value: object, *, limit: int = ONE_LINE_LIMIT) -> str:
+    """``value`` as one line: whitespace collapsed, cut to ``limit`` characters.
+
+    For messages built from other libraries' errors (multi-line, sometimes huge) and for
+    user-supplied names that must not break a log line. An exception with no message
+    becomes its class name, so the result is never empty for an error.
+    """
+    text = " ".join(str(value).split())
+    if not text and isinstance(value, BaseException):
+        text = type(value).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
 
 class GuardError(Exception):
     """Base class: a problem the user can fix; the message says how."""

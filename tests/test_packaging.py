@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import sarsteer_guard
-from sarsteer_guard.guard.core import default_policy_path
+from sarsteer_guard.policy import default_policy_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -19,7 +19,7 @@ import numpy as np
 import soundfile as sf
 
 from sarsteer_guard.audio.pcm import FloatArray, check_rate, resample
-from sarsteer_guard.errors import AudioError
+from sarsteer_guard.errors import AudioError, one_line
 
 #: Formats this module reads; named in error messages so the user knows what to convert to.
 SUPPORTED_FORMATS = ("WAV", "FLAC", "OGG", "MP3")
@@ -43,11 +43,6 @@ _UNSUPPORTED_SUFFIX = {
     ".wma": "WMA/ASF",
     ".amr": "AMR",
 }
-
-
-def _one_line(text: object) -> str:
-    """Collapse whitespace so a message (or a file name) cannot span lines."""
-    return " ".join(str(text).split())
 
 
 def _unsupported_kind(head: bytes, suffix: str) -> str | None:
@@ -83,7 +78,7 @@ def _decode(source: Any, name: str, head: bytes, suffix: str) -> tuple[FloatArra
             raise AudioError(f"{name}: unsupported audio format {kind}; {_CONVERT_HINT}") from error
         raise AudioError(
             f"{name}: not a readable audio file (corrupt, truncated or not audio: "
-            f"{_one_line(error)}); re-export it as WAV, FLAC, OGG or MP3"
+            f"{one_line(error)}); re-export it as WAV, FLAC, OGG or MP3"
         ) from error
     if data.shape[0] == 0:
         raise AudioError(f"{name}: contains no audio samples (zero length); re-record or re-export")
@@ -100,7 +95,7 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[FloatArray, int]:
     Used where the native rate matters (the ``segment`` command reports it).
     """
     p = Path(path)
-    name = _one_line(p)
+    name = one_line(p)
     if not p.exists():
         raise AudioError(f"{name}: audio file not found; check the path (cwd is {Path.cwd()})")
     if p.is_dir():
@@ -111,7 +106,7 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[FloatArray, int]:
             head = handle.read(64)
     except OSError as error:
         raise AudioError(
-            f"{name}: cannot read ({_one_line(error.strerror or error)}); check permissions"
+            f"{name}: cannot read ({one_line(error.strerror or error)}); check permissions"
         ) from error
     if size == 0:
         raise AudioError(f"{name}: file is empty (0 bytes); re-record or re-export it")
@@ -138,7 +133,7 @@ def decode_audio_bytes(
     """
     rate = check_rate(target_rate, "target_rate")
     raw = bytes(data)
-    label = _one_line(name)
+    label = one_line(name)
     if not raw:
         raise AudioError(f"{label}: audio data is empty (0 bytes); send a whole audio file")
     audio, native = _decode(io.BytesIO(raw), label, raw[:64], Path(name).suffix)

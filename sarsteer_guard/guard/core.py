@@ -23,6 +23,7 @@ from sarsteer_guard.errors import (
     AudioError,
     GuardError,
     OverloadedError,
+    one_line,
 )
 from sarsteer_guard.guard import metrics
 from sarsteer_guard.guard.conversation import ConversationStore
@@ -256,7 +257,7 @@ class Guard:
         return self._started and self.engine is not None and self.engine.running
 
     def _load_policy(self) -> None:
-        from sarsteer_guard.policy import PolicyWatcher, load_policy
+        from sarsteer_guard.policy import PolicyWatcher, default_policy_path, load_policy
 
         spec = self._policy_spec
         if spec is None:
@@ -284,7 +285,7 @@ class Guard:
             try:
                 self._vectors.get(request)
             except Exception as error:  # the failure mode applies per turn; start goes on
-                log.warning("guard.vectors_unavailable_at_start", error=_one_line(error))
+                log.warning("guard.vectors_unavailable_at_start", error=one_line(error))
 
     def _on_policy_change(self, policy: Any) -> None:
         """Runs on the watcher's thread after a reload: vectors are ready before traffic."""
@@ -292,7 +293,7 @@ class Guard:
             self._prewarm_vectors(policy)
             log.info("guard.policy_prewarmed", policy=policy.name, version=policy.version)
         except Exception as error:  # the reload already happened; turns report per-turn errors
-            log.error("guard.policy_prewarm_failed", error=_one_line(error))
+            log.error("guard.policy_prewarm_failed", error=one_line(error))
 
     # -- turns -------------------------------------------------------------------------------
     async def respond(self, turn: Turn) -> AsyncIterator[GuardEvent]:
@@ -309,15 +310,15 @@ class Guard:
             audio = self._turn_audio(turn)
         except GuardError as error:
             metrics.FAILURES.labels(kind=error.kind).inc()
-            yield TurnError(turn.turn_id, error.kind, _one_line(error))
+            yield TurnError(turn.turn_id, error.kind, one_line(error))
             return
         except Exception as error:  # e.g. a context value of an unexpected type
             metrics.FAILURES.labels(kind="bad_request").inc()
-            log.warning("guard.turn_rejected", turn_id=turn.turn_id, error=_one_line(error))
+            log.warning("guard.turn_rejected", turn_id=turn.turn_id, error=one_line(error))
             yield TurnError(
                 turn.turn_id,
                 "bad_request",
-                f"the turn could not be prepared ({type(error).__name__}: {_one_line(error)}); "
+                f"the turn could not be prepared ({type(error).__name__}: {one_line(error)}); "
                 "check its audio format and context values",
             )
             return
@@ -331,7 +332,7 @@ class Guard:
                 kind = error.kind if isinstance(error, GuardError) else "vectors"
                 metrics.FAILURES.labels(kind=kind).inc()
                 log.warning(
-                    "guard.vectors_unavailable", turn_id=turn.turn_id, error=_one_line(error)
+                    "guard.vectors_unavailable", turn_id=turn.turn_id, error=one_line(error)
                 )
                 flags.append("vectors_unavailable")
                 if decision.failure_mode == "fail_closed":
@@ -451,7 +452,7 @@ class Guard:
             spec = self._steering_spec(decision, loaded)
         except GuardError as error:
             metrics.FAILURES.labels(kind=error.kind).inc()
-            yield TurnError(turn.turn_id, error.kind, _one_line(error))
+            yield TurnError(turn.turn_id, error.kind, one_line(error))
             return
         shadow = decision.mode == "shadow"
         alpha = decision.alpha if loaded is not None else 0.0
@@ -531,7 +532,7 @@ class Guard:
                         turn.turn_id,
                         kind_name,
                         f"the model failed on this turn ({type(failure).__name__}: "
-                        f"{_one_line(failure)}); "
+                        f"{one_line(failure)}); "
                         "the session can continue",
                     )
                     return
@@ -682,7 +683,7 @@ class Guard:
                 self.audit_log.append(draft)
             except Exception as error:  # auditing must never take a voice turn down
                 metrics.AUDIT_FAILURES.inc()
-                log.error("guard.audit_failed", turn_id=turn.turn_id, error=_one_line(error))
+                log.error("guard.audit_failed", turn_id=turn.turn_id, error=one_line(error))
 
         pool = self._audit_pool
         if pool is None:
@@ -719,17 +720,3 @@ def _history_message(item: HistoryItem, rate: int) -> Any:
     if audio is not None and item.sample_rate != rate:
         audio = resample(audio, item.sample_rate, rate)
     return Message(role=item.role, text=item.text, audio=audio)
-
-
-def default_policy_path() -> Path:
-    """The shipped default policy (``policies/default.yaml``, packaged copy first)."""
-    packaged = Path(__file__).resolve().parent.parent / "data" / "policies" / "default.yaml"
-    if packaged.exists():
-        return packaged
-    return Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
-
-
-def _one_line(error: BaseException) -> str:
-    """The first line of an error message (library errors are often multi-line)."""
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__

@@ -11,7 +11,7 @@ from typing import Any, Self
 
 import torch
 
-from sarsteer_guard.errors import ModelLoadError
+from sarsteer_guard.errors import ModelLoadError, one_line
 
 from .base import AudioLanguageModel
 
@@ -74,7 +74,7 @@ class GenericAudioLM(AudioLanguageModel):
             processor: Any = AutoProcessor.from_pretrained(path)  # type: ignore[no-untyped-call]  # untyped in transformers
         except (OSError, ValueError, TypeError, ImportError) as exc:
             raise ModelLoadError(
-                f"unsupported model class {name}: no usable processor ({_one_line(exc)}); "
+                f"unsupported model class {name}: no usable processor ({one_line(exc)}); "
                 f"{_WHAT_TO_DO}"
             ) from exc
         if getattr(processor, "feature_extractor", None) is None:
@@ -92,8 +92,3 @@ class GenericAudioLM(AudioLanguageModel):
         model = model_cls.from_pretrained(path, config=config, dtype=dtype)
         model.to(device).eval()
         return cls(model_id=model_id, model=model, processor=processor)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] + ("..." if len(text) > 200 else "")

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from sarsteer_guard._version import __version__
-from sarsteer_guard.errors import ModelLoadError
+from sarsteer_guard.errors import ModelLoadError, one_line
 from sarsteer_guard.log import get_logger
 
 from .base import AudioLanguageModel
@@ -73,7 +73,7 @@ def load_model(
         raise
     except (OSError, ValueError, KeyError, RuntimeError, ImportError) as exc:
         raise ModelLoadError(
-            f"cannot load model {name_or_path!r}: {_one_line(exc)}; "
+            f"cannot load model {name_or_path!r}: {one_line(exc)}; "
             "check that the checkpoint directory is complete"
         ) from exc
     _log.info(
@@ -201,7 +201,7 @@ def _load_config(name: str, path: str) -> Any:
                 "use a transformers-native audio LM such as Qwen/Qwen2-Audio-7B-Instruct"
             ) from exc
         raise ModelLoadError(
-            f"model {name!r} has an unsupported config ({_one_line(exc)}); "
+            f"model {name!r} has an unsupported config ({one_line(exc)}); "
             "use a transformers-native audio LM such as Qwen/Qwen2-Audio-7B-Instruct"
         ) from exc
     except OSError as exc:
@@ -217,8 +217,3 @@ def _pick_adapter(config: Any) -> type[AudioLanguageModel]:
         if model_type in adapter.model_types:
             return adapter
     return GenericAudioLM
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:300] + ("..." if len(text) > 300 else "")

@@ -10,6 +10,8 @@ This package never imports torch: the CLI's ``policy`` commands and CI linting s
 fast and run where no model is installed.
 """
 
+from pathlib import Path
+
 from sarsteer_guard.policy.conditions import Condition, Context, parse_condition
 from sarsteer_guard.policy.decision import DEFAULT_REFUSAL_MESSAGE, PolicyDecision
 from sarsteer_guard.policy.layers import BetaMap, LayerSelection
@@ -30,6 +32,14 @@ from sarsteer_guard.policy.sections import (
 )
 from sarsteer_guard.policy.selftest import PolicyTestResult, run_policy_tests
 from sarsteer_guard.policy.watcher import PolicyWatcher
+
+
+def default_policy_path() -> Path:
+    """The shipped default policy (``policies/default.yaml``, packaged copy first)."""
+    packaged = Path(__file__).resolve().parent.parent / "data" / "policies" / "default.yaml"
+    if packaged.exists():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "policies" / "default.yaml"
 
 
 def policy_json_schema() -> dict[str, object]:
@@ -61,6 +71,7 @@ __all__ = [
     "Rule",
     "RuleCheck",
     "Steering",
+    "default_policy_path",
     "load_policy",
     "parse_condition",
     "parse_policy",
