@@ -62,6 +62,17 @@ class RecordingGuard:
         self.inner = inner
         self.last: Turn | None = None
 
+    @property
+    def ready(self) -> bool:
+        return self.inner.ready
+
+    @property
+    def queue_depth(self) -> int | None:
+        return self.inner.queue_depth
+
+    def forget_session(self, session_id: str) -> None:
+        self.inner.forget_session(session_id)
+
     async def start(self) -> None:
         await self.inner.start()
 

@@ -116,6 +116,14 @@ class RemoteGuard:
         """True while connected to the server."""
         return self._ws is not None and self._ws.state is State.OPEN
 
+    @property
+    def queue_depth(self) -> int | None:
+        """Unknown from the client side: the server's queue is behind the connection."""
+        return None
+
+    def forget_session(self, session_id: str) -> None:
+        """Nothing to do locally: the server forgets private sessions when the connection closes."""
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Connect (with retries); raises RemoteGuardError if the server stays unreachable."""

@@ -256,6 +256,15 @@ class Guard:
         """Model loaded and the engine's worker alive."""
         return self._started and self.engine is not None and self.engine.running
 
+    @property
+    def queue_depth(self) -> int | None:
+        """Turns waiting for a generation batch (None before the engine exists)."""
+        return None if self.engine is None else int(self.engine.queue_depth)
+
+    def forget_session(self, session_id: str) -> None:
+        """Drop a session's conversation history (the call ended, or the user asked)."""
+        self.conversations.forget(session_id)
+
     def _load_policy(self) -> None:
         from sarsteer_guard.policy import PolicyWatcher, default_policy_path, load_policy
 

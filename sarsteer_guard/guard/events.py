@@ -117,6 +117,20 @@ GuardEvent = TextDelta | TurnDecision | TurnError
 class SpeechGuard(Protocol):
     """What integrations need: an in-process Guard or a RemoteGuard."""
 
+    @property
+    def ready(self) -> bool:
+        """True while the guard can take turns (model loaded / server connected)."""
+        ...
+
+    @property
+    def queue_depth(self) -> int | None:
+        """Turns waiting for the model; None when this guard cannot see its queue."""
+        ...
+
+    def forget_session(self, session_id: str) -> None:
+        """Drop a session's conversation history, if this guard keeps any (call ended)."""
+        ...
+
     async def start(self) -> None:
         """Acquire resources (idempotent)."""
 

@@ -34,6 +34,22 @@ class ScriptedGuard:
     started: bool = False
     closed: bool = False
 
+    forgotten: list[str] = field(default_factory=list)
+
+    @property
+    def ready(self) -> bool:
+        """Started and not closed."""
+        return self.started and not self.closed
+
+    @property
+    def queue_depth(self) -> int | None:
+        """Always 0: turns are answered at once."""
+        return 0
+
+    def forget_session(self, session_id: str) -> None:
+        """Record the request (tests assert that integrations forget ended sessions)."""
+        self.forgotten.append(session_id)
+
     async def start(self) -> None:
         """Mark started (idempotent)."""
         self.started = True
