@@ -61,7 +61,7 @@ def _sqlite_backend(tmp_path: Path) -> Backend:
             conn.execute(
                 "INSERT INTO audit_records(seq, id, time, session_id, policy_name, policy_version,"
                 " rule, refused, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (slot, f"{slot}-{item['id']}", item["time"], item["session_id"],
+                (slot, item["id"], item["time"], item["session_id"],
                  item["policy_name"], item["policy_version"], item["rule"],
                  int(item["refused"]), json.dumps(item)),
             )  # fmt: skip
@@ -404,22 +404,22 @@ def test_open_audit_log_resolves_urls(tmp_path: Path, monkeypatch: pytest.Monkey
     from sarsteer_guard.audit import SpooledAuditLog
     from sarsteer_guard.errors import AuditError
 
-    log = open_audit_log(f"sqlite:///{tmp_path}/a.db")
+    log = open_audit_log(f"sqlite:///{tmp_path}/a.db", create=False)  # a reader: no spool
     assert isinstance(log, SqliteAuditLog)
     assert log.path == tmp_path / "a.db"
     assert not log.path.exists()  # no I/O before first use
-    assert isinstance(open_audit_log(str(tmp_path / "b.db")), SqliteAuditLog)
+    assert isinstance(open_audit_log(str(tmp_path / "b.db"), create=False), SqliteAuditLog)
     red = open_audit_log("redis://127.0.0.1:6379/0?prefix=x", spool_dir=tmp_path / "spool")
     assert isinstance(red, SpooledAuditLog)
     assert isinstance(red.inner, RedisAuditLog)
     assert red.inner.prefix == "x"
     monkeypatch.setenv("SARSTEER_AUDIT_URL", f"sqlite:///{tmp_path}/env.db")
-    env_log = open_audit_log(None)
+    env_log = open_audit_log(None, create=False)
     assert isinstance(env_log, SqliteAuditLog)
     assert env_log.path == tmp_path / "env.db"
     monkeypatch.delenv("SARSTEER_AUDIT_URL")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
-    default = open_audit_log(None)
+    default = open_audit_log(None, create=False)
     assert isinstance(default, SqliteAuditLog)
     assert default.path == tmp_path / "state" / "sarsteer-guard" / "audit.db"
     with pytest.raises(AuditError, match="unsupported audit store"):

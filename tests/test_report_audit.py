@@ -191,7 +191,7 @@ def test_cli_audit_report_without_matplotlib(
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import now raises ImportError
     out = tmp_path / "report.html"
-    assert main(["audit", "report", "--store", store, "--out", str(out)]) == 2
+    assert main(["audit", "report", "--audit", store, "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["sarsteer-guard: error: pictures need matplotlib; run: "
                    "pip install 'sarsteer-guard[plots]'"]  # fmt: skip

@@ -4,14 +4,17 @@ The statement-of-reasons shape follows the fields of DSA Art. 17 / the EU DSA
 Transparency Database (decision type, content type, whether detection and decision
 were automated, the ground, the facts, the date), one JSON object per line. Only
 enforced refusals are restrictions, so shadow-mode and non-refused records produce no
-statement.
+statement. Shadow-mode records are counted by what enforce would have done
+(:attr:`AuditRecord.enforce_refused`), in :class:`OutcomeCounts` and the CSV's
+``shadow_*`` columns.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from sarsteer_guard.audit.record import AuditRecord, format_time
@@ -37,6 +40,10 @@ CSV_COLUMNS: tuple[str, ...] = (
     "detector_keyword",
     "detector_score",
     "detector_fixed_message",
+    "shadow_refused",
+    "shadow_score",
+    "shadow_keyword",
+    "shadow_text",
     "response_text",
     "served_text",
     "latency_ms",
@@ -48,6 +55,32 @@ CSV_COLUMNS: tuple[str, ...] = (
     "prev_hash",
     "hash",
 )
+
+
+@dataclass
+class OutcomeCounts:
+    """Records seen, enforced refusals and shadow-mode refusals (what enforce would have done)."""
+
+    records: int = 0
+    refused: int = 0
+    shadow_refused: int = 0
+
+    def add(self, record: AuditRecord) -> None:
+        """Count one record."""
+        self.records += 1
+        if record.mode == "shadow":
+            self.shadow_refused += int(record.enforce_refused)
+        else:
+            self.refused += int(record.refused)
+
+    def counted(self, records: Iterable[AuditRecord]) -> Iterator[AuditRecord]:
+        """Yield ``records`` unchanged, counting each as it passes."""
+        for record in records:
+            self.add(record)
+            yield record
+
+    def __str__(self) -> str:
+        return f"{self.refused} refused, {self.shadow_refused} refused in shadow"
 
 
 def export_jsonl(records: Iterable[AuditRecord], out: TextIO) -> int:
@@ -65,12 +98,19 @@ def export_jsonl(records: Iterable[AuditRecord], out: TextIO) -> int:
 def csv_row(record: AuditRecord) -> dict[str, Any]:
     """One flat row of :data:`CSV_COLUMNS`."""
     data = record.to_json_dict()
+    shadow = record.shadow
     return {
         **{k: data[k] for k in CSV_COLUMNS if k in data and k not in ("context", "flags")},
         "refused": "true" if record.refused else "false",
         "detector_keyword": record.detector.keyword or "",
         "detector_score": "" if record.detector.score is None else record.detector.score,
         "detector_fixed_message": "true" if record.detector.fixed_message else "false",
+        "shadow_refused": ""
+        if shadow is None or shadow.refused is None
+        else str(shadow.refused).lower(),
+        "shadow_score": "" if shadow is None or shadow.score is None else shadow.score,
+        "shadow_keyword": "" if shadow is None else shadow.keyword or "",
+        "shadow_text": "" if shadow is None else shadow.text,
         "context": json.dumps(record.context, sort_keys=True, ensure_ascii=False),
         "audio_kept": "true" if record.audio is not None else "false",
         "flags": json.dumps(list(record.flags)),

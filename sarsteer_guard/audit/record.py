@@ -1,14 +1,28 @@
 """Audit records, their canonical form and the hash chain.
 
 A refused (or shadow-refused) turn becomes an :class:`AuditDraft` built by the Guard.
-A backend *seals* the draft into an :class:`AuditRecord` by assigning ``seq``,
-``prev_hash`` and ``hash`` at the moment it reaches durable storage, so that
+A backend *seals* the draft into an :class:`AuditRecord` (see
+:func:`sarsteer_guard.audit.chain.seal`) by assigning ``seq``, ``prev_hash``,
+``prior_expiry`` and ``hash`` at the moment it reaches durable storage, so that
 records spooled during an outage still get a valid place in the chain.
 
 ``hash = sha256(prev_hash + canonical(record without hash))``. The canonical form is
 JSON with sorted keys, no whitespace, UTF-8, and finite floats written in Python's
 shortest round-trip form; verification recomputes it from the *stored* JSON, never
 from a re-validated model, so lenient parsing cannot hide an edit.
+
+Every value is made storable when a draft is built, so that a record whose id was
+handed out can always be written (see :func:`safe_text` and :func:`json_safe`): lone
+UTF-16 surrogates become U+FFFD, and inside ``context`` non-finite numbers become the
+strings ``"NaN"``/``"Infinity"``/``"-Infinity"``, integers too long to print become
+hex strings, other objects their ``str()``, and nesting deeper than
+:data:`MAX_CONTEXT_DEPTH` a marker string. A draft where any of that happened carries
+the flag ``normalised``. Typed fields (``alpha``, ``latency_ms``...) stay strict.
+
+Layout versions (``record_version``, hashed): 1 is the original layout; 2 adds
+``prior_expiry`` (retention evidence for checkpoints) and ``shadow`` (what enforce
+would have done in shadow mode). Version 1 records keep verifying and are dumped
+without the version 2 keys.
 """
 
 from __future__ import annotations
@@ -19,13 +33,23 @@ import hmac
 import json
 import math
 import os
+import re
 import secrets
 import time as _time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_serializer,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from sarsteer_guard._version import __version__
 from sarsteer_guard.errors import AuditError
@@ -34,11 +58,21 @@ from sarsteer_guard.errors import AuditError
 GENESIS_HASH = "0" * 64
 #: Environment variable holding the HMAC salt for hashed context fields.
 SALT_ENV = "SARSTEER_AUDIT_SALT"
-#: Version of the record layout, hashed into every record.
-RECORD_VERSION = 1
+#: Version of the record layout written now, hashed into every record.
+RECORD_VERSION = 2
+#: Flag added to a draft whose values had to be changed to be storable.
+NORMALISED_FLAG = "normalised"
+#: Context nesting kept; deeper values are replaced by a marker string.
+MAX_CONTEXT_DEPTH = 32
+#: Integers longer than this (in bits) are stored as hex strings (Python cannot print
+#: integers of more than 4300 digits, about 14,000 bits, as decimal).
+MAX_INT_BITS = 4096
 
 _HEX64 = r"^[0-9a-f]{64}$"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+#: Keys added by layout version 2, left out of version 1 dumps.
+_V2_KEYS = ("prior_expiry", "shadow")
 
 JsonValue = Any
 """A JSON-compatible value (dict/list/str/int/float/bool/None)."""
@@ -66,6 +100,11 @@ def format_time(value: datetime) -> str:
     return value.astimezone(UTC).strftime(_TIME_FORMAT)
 
 
+def parse_time(text: str) -> datetime:
+    """Inverse of :func:`format_time` (raises ``ValueError`` on other text)."""
+    return datetime.strptime(text, _TIME_FORMAT).replace(tzinfo=UTC)
+
+
 def to_utc(value: datetime | None) -> datetime | None:
     """Make ``value`` an aware UTC datetime (naive values are taken as UTC)."""
     if value is None:
@@ -75,10 +114,110 @@ def to_utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC)
 
 
-class Detection(BaseModel):
-    """Why the turn counted as refused: the signals the Guard saw."""
+# -- making values storable -------------------------------------------------------------
+def safe_text(value: str) -> str:
+    r"""``value`` as valid Unicode: surrogate pairs joined, lone surrogates -> U+FFFD.
+
+    Python strings may hold UTF-16 surrogates (from ``json.loads('"\\ud800"')``, or a
+    client that split an emoji); they cannot be encoded as UTF-8, so an audit write of
+    such text would fail after the turn's record id was handed out.
+    """
+    if value.isascii() or _SURROGATE.search(value) is None:
+        return value
+    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+class _Normaliser:
+    """Walks a value, fixing what JSON/UTF-8 cannot hold; remembers whether it changed."""
+
+    def __init__(self, *, containers_only: bool = False) -> None:
+        self.changed = False
+        self.containers_only = containers_only
+        """Only copy into dicts/lists with str keys; leave text and numbers as they are."""
+
+    def text(self, value: str) -> str:
+        if self.containers_only:
+            return value
+        fixed = safe_text(value)
+        if fixed is not value:
+            self.changed = True
+        return fixed
+
+    def json(self, value: object, depth: int = 0) -> JsonValue:
+        """A JSON-safe copy of ``value`` (see the module docstring for the rules)."""
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, int):
+            if value.bit_length() <= MAX_INT_BITS or self.containers_only:
+                return int(value)
+            self.changed = True
+            return hex(value)
+        if isinstance(value, float):
+            if math.isfinite(value) or self.containers_only:
+                return value
+            self.changed = True
+            return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        if depth >= MAX_CONTEXT_DEPTH and isinstance(value, Mapping | list | tuple):
+            self.changed = True
+            return f"(nested deeper than {MAX_CONTEXT_DEPTH} levels, not stored)"
+        if isinstance(value, Mapping):
+            return {self._key(k): self.json(v, depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.json(v, depth + 1) for v in value]
+        self.changed = True
+        return self.text(str(value))
+
+    def _key(self, key: object) -> str:
+        if isinstance(key, str):
+            return self.text(key)
+        self.changed = True
+        return self.text(str(key))
+
+    def fields(self, data: dict[str, Any]) -> dict[str, Any]:
+        """Fix every string of a model's input dict; ``context`` gets the full JSON rules."""
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "context" and isinstance(value, Mapping):
+                out[key] = self.json(value)
+            elif isinstance(value, str):
+                out[key] = self.text(value)
+            elif isinstance(value, Mapping):
+                out[key] = self.fields(dict(value))
+            elif isinstance(value, list | tuple):
+                out[key] = [self.text(v) if isinstance(v, str) else v for v in value]
+            else:
+                out[key] = value
+        return out
+
+
+def json_safe(value: object) -> JsonValue:
+    """A copy of ``value`` that canonical JSON and UTF-8 can always hold."""
+    return _Normaliser().json(value)
+
+
+class _SafeModel(BaseModel):
+    """Frozen, strict model whose string inputs are repaired before validation."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        walker = _Normaliser()
+        fixed = walker.fields(data)
+        if walker.changed and "flags" in cls.model_fields:
+            flags = tuple(fixed.get("flags") or ())
+            if NORMALISED_FLAG not in flags:
+                fixed["flags"] = (*flags, NORMALISED_FLAG)
+        return fixed
+
+
+class Detection(_SafeModel):
+    """Why the turn counted as refused: the signals the Guard saw."""
 
     keyword: str | None = None
     """The refusal keyword/phrase matched in the model's response, if any."""
@@ -88,10 +227,56 @@ class Detection(BaseModel):
     """True when a fixed refusal message was served instead of the model's text."""
 
 
-class _AuditFields(BaseModel):
-    """Fields shared by drafts and sealed records."""
+class ShadowOutcome(_SafeModel):
+    """Shadow mode: what enforce would have done (the steered shadow row's result).
 
-    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+    In shadow mode the listener gets the unsteered answer (the record's ``refused`` and
+    ``served_text`` describe that) while a steered row runs beside it; this is that
+    row's outcome, which reports and filters count as "refused in shadow".
+    """
+
+    refused: bool | None
+    """Whether enforce would have refused; None when the shadow row failed."""
+    text: str = ""
+    """The steered row's text (what enforce would have served before any fixed message)."""
+    score: float | None = None
+    """Activation score of the refusal direction on the steered row."""
+    keyword: str | None = None
+    """Refusal keyword matched in the steered row's text."""
+    alpha: float | None = None
+    """Steering strength the shadow row used."""
+    error: str | None = None
+    """Why the shadow row failed, when it did."""
+
+    @classmethod
+    def from_turn(cls, shadow: Mapping[str, object]) -> ShadowOutcome:
+        """Build from the Guard's ``TurnDecision.shadow`` mapping.
+
+        Keys read: ``refused``, ``text``, ``refusal_score``, ``refusal_keyword``,
+        ``alpha``, ``error`` (any may be missing). Non-finite numbers become None.
+        """
+        error = shadow.get("error")
+        refused = shadow.get("refused")
+        return cls(
+            refused=None if error is not None or refused is None else bool(refused),
+            text=str(shadow.get("text") or ""),
+            score=_finite(shadow.get("refusal_score")),
+            keyword=None
+            if shadow.get("refusal_keyword") is None
+            else str(shadow["refusal_keyword"]),
+            alpha=_finite(shadow.get("alpha")),
+            error=None if error is None else str(error),
+        )
+
+
+def _finite(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+class _AuditFields(_SafeModel):
+    """Fields shared by drafts and sealed records."""
 
     record_version: int = RECORD_VERSION
     id: str = Field(default_factory=new_record_id, min_length=1, max_length=64)
@@ -108,6 +293,7 @@ class _AuditFields(BaseModel):
     model_fingerprint: str
     vector_set_id: str | None = None
     refused: bool
+    """Whether the listener got a refusal (in shadow mode: the unsteered answer's verdict)."""
     detector: Detection = Field(default_factory=Detection)
     response_text: str = ""
     served_text: str = ""
@@ -121,6 +307,8 @@ class _AuditFields(BaseModel):
     """Markers such as ``fail_open`` (the guard let the turn through on an error)."""
     retention_until: datetime | None = None
     library_version: str = __version__
+    shadow: ShadowOutcome | None = None
+    """Shadow mode only: what enforce would have done (version 2 layout)."""
 
     @field_validator("time")
     @classmethod
@@ -144,6 +332,17 @@ class _AuditFields(BaseModel):
         """Decode the kept audio (None when the policy did not keep it)."""
         return None if self.audio is None else base64.b64decode(self.audio)
 
+    @property
+    def enforce_refused(self) -> bool:
+        """The policy's verdict: refused (enforce), or would have refused (shadow).
+
+        Shadow records written before the shadow outcome was recorded fall back to
+        ``refused``.
+        """
+        if self.mode == "shadow" and self.shadow is not None:
+            return self.shadow.refused is True
+        return self.refused
+
 
 class AuditDraft(_AuditFields):
     """What the Guard builds for a turn; a backend seals it into an :class:`AuditRecord`.
@@ -159,6 +358,28 @@ class AuditRecord(_AuditFields):
     seq: int = Field(ge=1)
     prev_hash: str = Field(pattern=_HEX64)
     hash: str = Field(pattern=_HEX64)
+    prior_expiry: datetime | None = None
+    """Version 2: the latest time at which any earlier record of the chain may be
+    deleted under its retention (None: some earlier record is kept indefinitely).
+    Written by the backend when sealing; it lets ``verify`` check, from hashed data
+    alone, that records removed before a checkpoint had passed their retention."""
+
+    @field_validator("prior_expiry")
+    @classmethod
+    def _prior_utc(cls, value: datetime | None) -> datetime | None:
+        return to_utc(value)
+
+    @field_serializer("prior_expiry")
+    def _ser_prior(self, value: datetime | None) -> str | None:
+        return None if value is None else format_time(value)
+
+    @model_serializer(mode="wrap")
+    def _layout(self, handler: SerializerFunctionWrapHandler) -> Any:
+        data = handler(self)
+        if self.record_version < 2 and isinstance(data, dict):
+            for key in _V2_KEYS:
+                data.pop(key, None)
+        return data
 
     @property
     def policy_ref(self) -> str:
@@ -167,7 +388,8 @@ class AuditRecord(_AuditFields):
 
     def to_json_dict(self) -> dict[str, JsonValue]:
         """The JSON form that is stored and hashed."""
-        return self.model_dump(mode="json")
+        data: dict[str, JsonValue] = self.model_dump(mode="json")
+        return data
 
 
 def _canon(value: Any) -> Any:
@@ -183,29 +405,27 @@ def _canon(value: Any) -> Any:
 
 
 def canonical_json(value: Mapping[str, Any]) -> bytes:
-    """Canonical bytes for hashing: sorted keys, no spaces, UTF-8, finite floats only."""
-    return json.dumps(
-        _canon(value), sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    """Canonical bytes for hashing: sorted keys, no spaces, UTF-8, finite floats only.
+
+    Raises:
+        AuditError: a non-finite float, or text that is not valid Unicode.
+    """
+    try:
+        return json.dumps(
+            _canon(value),
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        ).encode("utf-8")
+    except (UnicodeEncodeError, ValueError, RecursionError) as error:
+        raise AuditError(f"value cannot be written canonically ({error})") from error
 
 
 def chain_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
     """``sha256(prev_hash + canonical(fields without "hash"))`` as hex."""
     body = {k: v for k, v in fields.items() if k != "hash"}
     return hashlib.sha256(prev_hash.encode("ascii") + canonical_json(body)).hexdigest()
-
-
-def seal(draft: AuditDraft, *, seq: int, prev_hash: str) -> tuple[AuditRecord, str]:
-    """Give ``draft`` its chain position; return the record and its stored JSON text.
-
-    The stored text is exactly the dict that was hashed, so verification of stored
-    data does not depend on how pydantic would re-serialise it.
-    """
-    data = draft.model_dump(mode="json")
-    data["seq"] = seq
-    data["prev_hash"] = prev_hash
-    data["hash"] = chain_hash(prev_hash, data)
-    return AuditRecord.model_validate(data), json.dumps(data, sort_keys=True, ensure_ascii=False)
 
 
 def draft_to_json(draft: AuditDraft) -> str:
@@ -235,7 +455,7 @@ def _salt_bytes(salt: bytes | str | None) -> bytes:
         raise AuditError(
             f"hashing audit context fields needs a secret salt: set {SALT_ENV} in the environment"
         )
-    return salt.encode("utf-8") if isinstance(salt, str) else salt
+    return safe_text(salt).encode("utf-8") if isinstance(salt, str) else salt
 
 
 def _split(paths: Iterable[str]) -> list[list[str]]:
@@ -258,7 +478,7 @@ def _apply(
     if action == "drop":
         del node[head]
     else:
-        raw = canonical_json({"v": node[head]})
+        raw = canonical_json({"v": json_safe(node[head])})
         node[head] = "hmac-sha256:" + hmac.new(key, raw, hashlib.sha256).hexdigest()
 
 
@@ -268,19 +488,22 @@ def redact_context(
     drop_fields: Iterable[str] = (),
     salt: bytes | str | None = None,
 ) -> dict[str, JsonValue]:
-    """Return a copy of ``context`` with personal fields hashed or dropped.
+    """Return a JSON-safe copy of ``context`` with personal fields hashed or dropped.
 
     Hashing uses HMAC-SHA256 keyed with ``salt`` (default: ``$SARSTEER_AUDIT_SALT``), so
     reviewers can still see that two turns came from the same caller without a plain
     hash being reversible by guessing phone numbers. Field names may be dotted paths
-    into nested dicts (``caller.phone``). Drops win over hashes.
+    into nested dicts (``caller.phone``). Drops win over hashes. Hashed values are made
+    storable first (:func:`json_safe`), so hashing never fails on odd text; the rest
+    is repaired, and the record flagged, when the draft is built.
 
     Raises:
         AuditError: hash fields were requested but no salt is configured.
     """
-    out: dict[str, Any] = json.loads(json.dumps(dict(context), default=str))
-    drops = _split(drop_fields)
-    hashes = _split(hash_fields)
+    # Text and numbers are repaired (and the record flagged) when the draft is built.
+    out: dict[str, Any] = _Normaliser(containers_only=True).json(dict(context))
+    drops = _split(safe_text(p) for p in drop_fields)
+    hashes = _split(safe_text(p) for p in hash_fields)
     for path in drops:
         _apply(out, path, "drop", b"")
     if hashes:

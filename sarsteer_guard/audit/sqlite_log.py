@@ -4,29 +4,50 @@ WAL mode lets compliance staff read while the guard writes; every append runs in
 ``BEGIN IMMEDIATE`` transaction, which takes SQLite's single write lock before the
 head is read, so appenders in several threads or processes never fork the chain.
 Each thread gets its own connection (sqlite3 connections are not thread-safe).
+
+``audit_meta`` holds the store marker (``format``, ``version``, ``store_id``,
+``created_at``), the head (``head_seq``, ``head_hash``, ``head_expiry``) and the
+checkpoint (``checkpoint``, JSON). A writer creates the file and the marker; a reader
+(``create=False``) never creates anything and refuses a path that holds no audit log.
+A writer also refuses to append when the file it opened was deleted or replaced, or
+its marker changed, so records never land in a log nobody will verify (a spooling
+wrapper keeps them meanwhile).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sarsteer_guard.audit.base import (
     AuditLog,
+    AuditStoreMissingError,
+    RecordFilter,
     StoredEntry,
     VerifyReport,
     is_expired,
     parse_record,
     time_key,
-    verify_entries,
 )
-from sarsteer_guard.audit.record import GENESIS_HASH, AuditDraft, AuditRecord, seal, utcnow
+from sarsteer_guard.audit.chain import (
+    NO_RECORDS,
+    ChainHead,
+    StoreMarker,
+    later,
+    seal,
+    stored_expiry,
+)
+from sarsteer_guard.audit.checkpoint import Checkpoint, new_checkpoint
+from sarsteer_guard.audit.keys import AuditKeys
+from sarsteer_guard.audit.record import GENESIS_HASH, AuditDraft, AuditRecord, utcnow
+from sarsteer_guard.audit.verify import ChainState, VerifyOptions, storage_failure, verify_chain
 from sarsteer_guard.errors import AuditError, StoreUnavailableError
 
 _SCHEMA = """
@@ -48,7 +69,12 @@ CREATE TRIGGER IF NOT EXISTS audit_records_append_only BEFORE UPDATE ON audit_re
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
 
+#: Index columns stored beside ``data``; verify compares each with the hashed content.
+_COLUMNS = ("seq", "id", "time", "session_id", "policy_name", "policy_version", "rule", "refused")
+_HEAD_KEYS = ("store_id", "head_seq", "head_hash", "head_expiry")
 _PAGE = 500
+
+KeySource = AuditKeys | None | Literal["env"]
 
 
 def connect_wal(path: Path, timeout_s: float) -> sqlite3.Connection:
@@ -79,15 +105,72 @@ def connect_wal(path: Path, timeout_s: float) -> sqlite3.Connection:
     return conn
 
 
+def _meta(conn: sqlite3.Connection, keys: tuple[str, ...] | None = None) -> dict[str, str]:
+    if keys is None:
+        rows = conn.execute("SELECT key, value FROM audit_meta").fetchall()
+    else:
+        marks = ",".join("?" * len(keys))
+        rows = conn.execute(
+            f"SELECT key, value FROM audit_meta WHERE key IN ({marks})",  # noqa: S608 - placeholders only
+            keys,
+        ).fetchall()
+    return {str(k): str(v) for k, v in rows}
+
+
+def _set_meta(conn: sqlite3.Connection, values: dict[str, str]) -> None:
+    conn.executemany(
+        "INSERT INTO audit_meta(key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        list(values.items()),
+    )
+
+
+def _head(meta: dict[str, str]) -> ChainHead | None:
+    if "head_seq" not in meta or "head_hash" not in meta:
+        return None
+    return ChainHead(int(meta["head_seq"]), meta["head_hash"], meta.get("head_expiry", NO_RECORDS))
+
+
+def _checkpoint(meta: dict[str, str], marker: StoreMarker | None) -> Checkpoint | None:
+    """The stored checkpoint; a bare legacy one only in stores without a marker.
+
+    Raises:
+        AuditError: the checkpoint JSON is unreadable.
+    """
+    text = meta.get("checkpoint")
+    if text is not None:
+        try:
+            return Checkpoint.model_validate_json(text)
+        except ValueError as error:
+            raise AuditError(f"the checkpoint is unreadable ({error.__class__.__name__})") from None
+    if marker is None and "checkpoint_seq" in meta and "checkpoint_hash" in meta:
+        return Checkpoint.legacy(int(meta["checkpoint_seq"]), meta["checkpoint_hash"])
+    return None
+
+
+def _expired_hash(text: str, now: datetime, max_age: timedelta | None) -> str | None:
+    """The hash of a stored record that has expired; None otherwise or when unreadable."""
+    try:
+        data = json.loads(text)
+        if isinstance(data, dict) and is_expired(data, now, max_age):
+            return str(data["hash"])
+    except (ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
 class SqliteAuditLog(AuditLog):
     """Audit log in one SQLite file.
 
     Args:
-        path: database file; parent directories are created on first use.
+        path: database file; a writer creates it and its parent directories.
         max_age: optional retention by age applied by :meth:`prune`, on top of each
             record's ``retention_until``.
         busy_timeout_s: how long an appender waits for another process's write lock
             before the store counts as unavailable.
+        create: True for writers (the Guard); False for readers (``audit`` commands),
+            which raise :class:`AuditStoreMissingError` instead of creating a store.
+        keys: checkpoint MAC keys; ``"env"`` reads ``SARSTEER_AUDIT_KEY`` on first use.
     """
 
     def __init__(
@@ -96,40 +179,125 @@ class SqliteAuditLog(AuditLog):
         *,
         max_age: timedelta | None = None,
         busy_timeout_s: float = 30.0,
+        create: bool = True,
+        keys: KeySource = "env",
     ) -> None:
         self.path = Path(path).expanduser()
         self.max_age = max_age
         self.busy_timeout_s = busy_timeout_s
+        self.create = create
+        self._key_source = keys
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
         # Serialises this process's writers before SQLite's lock: SQLite's busy handler
         # backs off with sleeps of up to 100 ms, which threads contending here would pay.
         self._write_lock = threading.Lock()
+        self._open_lock = threading.Lock()
+        self._marker: StoreMarker | None = None
+        self._inode: int | None = None
+        self._opened = False
         self._closed = False
 
     def __repr__(self) -> str:
         return f"SqliteAuditLog({str(self.path)!r})"
 
-    # -- connections -------------------------------------------------------------------
+    # -- opening -----------------------------------------------------------------------
+    def open(self) -> None:
+        """Open the file: create the store (writers) or check it is an audit log (readers)."""
+        self._conn()
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = connect_wal(self.path, self.busy_timeout_s)
+            conn.executescript(_SCHEMA)
+            return conn
+        if not self.path.is_file():
+            raise AuditStoreMissingError(
+                f"no audit log at {self.path}: the file does not exist (reading never creates "
+                "one); check --audit or $SARSTEER_AUDIT_URL"
+            )
+        return sqlite3.connect(
+            self.path, timeout=self.busy_timeout_s, isolation_level=None, check_same_thread=False
+        )
+
     def _conn(self) -> sqlite3.Connection:
         if self._closed:
             raise AuditError(f"audit log {self.path} is closed; open a new one")
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is not None:
             return conn
+        conn = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = connect_wal(self.path, self.busy_timeout_s)
-            conn.executescript(_SCHEMA)
+            conn = self._connect()
+            with self._open_lock:
+                if not self._opened:
+                    self._open_store(conn)
+                    self._opened = True
         except sqlite3.Error as error:
             raise AuditError(
                 f"cannot open audit database {self.path} ({error}); check the path and permissions"
             ) from error
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
         self._local.conn = conn
         with self._conns_lock:
             self._conns.append(conn)
         return conn
+
+    def _open_store(self, conn: sqlite3.Connection) -> None:
+        tables = {
+            str(r[0]) for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        }
+        if not {"audit_records", "audit_meta"} <= tables:
+            raise AuditStoreMissingError(
+                f"{self.path} holds no audit log (the file is empty or another database); "
+                "if it held one, it was emptied: restore it from a backup"
+            )
+        if self.create:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._init_marker(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            self._inode = os.stat(self.path).st_ino
+        meta = _meta(conn)
+        self._marker = StoreMarker.from_fields(meta)
+        if self._marker is None and "head_seq" not in meta:
+            raise AuditStoreMissingError(
+                f"{self.path} holds no audit log (no store marker and no records); if it held "
+                "one, it was emptied: restore it from a backup"
+            )
+
+    def _init_marker(self, conn: sqlite3.Connection) -> None:
+        """Write the marker of a new store, or add it (and the head's expiry) to an old one."""
+        meta = _meta(conn)
+        if StoreMarker.from_fields(meta) is not None:
+            return
+        updates = StoreMarker.new().fields()
+        if "head_seq" not in meta:
+            updates.update(head_seq="0", head_hash=GENESIS_HASH, head_expiry=NO_RECORDS)
+        elif "head_expiry" not in meta:
+            expiry = NO_RECORDS
+            for (data,) in conn.execute("SELECT data FROM audit_records ORDER BY seq"):
+                expiry = later(expiry, stored_expiry(json.loads(data), self.max_age))
+            updates["head_expiry"] = expiry
+        legacy = _checkpoint(meta, None)
+        if legacy is not None and "checkpoint" not in meta:
+            updates["checkpoint"] = legacy.to_json()
+        _set_meta(conn, updates)
+
+    def mac_keys(self) -> AuditKeys | None:
+        """The checkpoint MAC keys (read from the environment on first use)."""
+        source = self._key_source
+        if isinstance(source, str):
+            source = self._key_source = AuditKeys.from_env()
+        return source
 
     def _fail(self, conn: sqlite3.Connection, error: sqlite3.Error, what: str) -> Exception:
         if conn.in_transaction:
@@ -141,25 +309,19 @@ class SqliteAuditLog(AuditLog):
             )
         return AuditError(f"cannot {what} in audit database {self.path} ({error})")
 
-    @staticmethod
-    def _meta(conn: sqlite3.Connection, key: str) -> str | None:
-        row = conn.execute("SELECT value FROM audit_meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    @staticmethod
-    def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
-        conn.execute(
-            "INSERT INTO audit_meta(key, value) VALUES (?, ?) "
-            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
-
-    def _point(self, conn: sqlite3.Connection, name: str) -> tuple[int, str] | None:
-        seq = self._meta(conn, f"{name}_seq")
-        digest = self._meta(conn, f"{name}_hash")
-        if seq is None or digest is None:
-            return None
-        return int(seq), digest
+    def _check_identity(self, store_id: str | None) -> None:
+        """Refuse to write into a file other than the one opened (deleted, replaced, reset)."""
+        try:
+            inode = os.stat(self.path).st_ino
+        except FileNotFoundError:
+            inode = None
+        known = None if self._marker is None else self._marker.store_id
+        if inode != self._inode or store_id != known:
+            raise AuditError(
+                f"audit database {self.path} was deleted, replaced or emptied while in use "
+                f"(store id {known}); records are kept in the spool: restore the file from a "
+                "backup, or restart the guard to start a new log"
+            )
 
     # -- contract ----------------------------------------------------------------------
     def append(self, draft: AuditDraft) -> AuditRecord:
@@ -171,14 +333,16 @@ class SqliteAuditLog(AuditLog):
     def _append_locked(self, conn: sqlite3.Connection, draft: AuditDraft) -> AuditRecord:
         try:
             conn.execute("BEGIN IMMEDIATE")
+            meta = _meta(conn, _HEAD_KEYS)
+            self._check_identity(meta.get("store_id"))
             row = conn.execute(
                 "SELECT data FROM audit_records WHERE id = ?", (draft.id,)
             ).fetchone()
             if row is not None:
                 conn.execute("COMMIT")
-                return parse_record(row[0], where=f"id {draft.id}")
-            head_seq, head_hash = self._point(conn, "head") or (0, GENESIS_HASH)
-            record, text = seal(draft, seq=head_seq + 1, prev_hash=head_hash)
+                return self._same_id(parse_record(row[0], where=f"id {draft.id}"), draft.id)
+            head = _head(meta) or ChainHead()
+            record, text, new = seal(draft, head, max_age=self.max_age)
             conn.execute(
                 "INSERT INTO audit_records(seq, id, time, session_id, policy_name, "
                 "policy_version, rule, refused, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -194,48 +358,55 @@ class SqliteAuditLog(AuditLog):
                     text,
                 ),
             )
-            self._set_meta(conn, "head_seq", str(record.seq))
-            self._set_meta(conn, "head_hash", record.hash)
+            _set_meta(
+                conn, {"head_seq": str(new.seq), "head_hash": new.hash, "head_expiry": new.expiry}
+            )
             conn.execute("COMMIT")
         except sqlite3.Error as error:
             raise self._fail(conn, error, "append a record") from error
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         return record
 
-    def iter(
-        self,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        policy: str | None = None,
-        session: str | None = None,
-        rule: str | None = None,
-        refused: bool | None = None,
-    ) -> Iterator[AuditRecord]:
-        """Page through matching records by seq; no transaction is held between pages."""
-        where = ["seq > ?"]
+    def _same_id(self, record: AuditRecord, record_id: str) -> AuditRecord:
+        if record.id != record_id:
+            raise AuditError(
+                f"the id index of {self.path} points {record_id} at record {record.id}: the "
+                "database was edited; run 'sarsteer-guard audit verify'"
+            )
+        return record
+
+    @staticmethod
+    def _sql(where: RecordFilter) -> tuple[list[str], list[Any]]:
+        """Index clauses for ``where`` (a pre-filter: matches() is re-checked on content)."""
+        clauses = ["seq > ?"]
         params: list[Any] = []
-        if since is not None:
-            where.append("time >= ?")
-            params.append(time_key(since))
-        if until is not None:
-            where.append("time < ?")
-            params.append(time_key(until))
-        if policy is not None:
-            where.append("(policy_name = ? OR policy_name || '@' || policy_version = ?)")
-            params += [policy, policy]
-        if session is not None:
-            where.append("session_id = ?")
-            params.append(session)
-        if rule is not None:
-            where.append("rule = ?")
-            params.append(rule)
-        if refused is not None:
-            where.append("refused = ?")
-            params.append(int(refused))
+        pairs: list[tuple[str, Any]] = [
+            ("time >= ?", None if where.since is None else time_key(where.since)),
+            ("time < ?", None if where.until is None else time_key(where.until)),
+            ("session_id = ?", where.session),
+            ("rule = ?", where.rule),
+            ("refused = ?", None if where.refused is None else int(where.refused)),
+        ]
+        for clause, value in pairs:
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
+        if where.policy is not None:
+            clauses.append("(policy_name = ? OR policy_name || '@' || policy_version = ?)")
+            params += [where.policy, where.policy]
+        return clauses, params
+
+    def _iter(self, where: RecordFilter) -> Iterator[AuditRecord]:
+        """Page through matching records by seq; no transaction is held between pages."""
+        clauses, params = self._sql(where)
         sql = (
-            f"SELECT seq, data FROM audit_records WHERE {' AND '.join(where)} "  # noqa: S608 - only fixed clauses, values bound
+            f"SELECT seq, data FROM audit_records WHERE {' AND '.join(clauses)} "  # noqa: S608 - only fixed clauses, values bound
             f"ORDER BY seq LIMIT {_PAGE}"
         )
-        last = 0
+        last = where.after_seq or 0
         while True:
             conn = self._conn()
             try:
@@ -243,7 +414,9 @@ class SqliteAuditLog(AuditLog):
             except sqlite3.Error as error:
                 raise self._fail(conn, error, "read records") from error
             for seq, data in rows:
-                yield parse_record(data, where=f"row {seq}")
+                record = parse_record(data, where=f"row {seq}")
+                if where.matches(record):
+                    yield record
             if len(rows) < _PAGE:
                 return
             last = int(rows[-1][0])
@@ -257,18 +430,41 @@ class SqliteAuditLog(AuditLog):
             ).fetchone()
         except sqlite3.Error as error:
             raise self._fail(conn, error, "read a record") from error
-        return None if row is None else parse_record(row[0], where=f"id {record_id}")
+        if row is None:
+            return None
+        return self._same_id(parse_record(row[0], where=f"id {record_id}"), record_id)
 
-    def verify(self) -> VerifyReport:
+    def _state(self, conn: sqlite3.Connection) -> ChainState:
+        meta = _meta(conn)
+        marker = StoreMarker.from_fields(meta)
+        try:
+            checkpoint = _checkpoint(meta, marker)
+        except AuditError as error:
+            return ChainState(marker, _head(meta), None, damage=str(error))
+        return ChainState(marker, _head(meta), checkpoint)
+
+    @staticmethod
+    def _entries(conn: sqlite3.Connection) -> Iterator[StoredEntry]:
+        last = 0
+        try:
+            cursor = conn.execute(
+                f"SELECT {', '.join(_COLUMNS)}, data FROM audit_records ORDER BY seq"  # noqa: S608 - fixed column names
+            )
+            for row in cursor:
+                last = int(row[0])
+                yield StoredEntry(
+                    row[-1], f"row {last}", dict(zip(_COLUMNS, row[:-1], strict=True))
+                )
+        except sqlite3.DatabaseError as error:
+            yield storage_failure(f"the row after {last}", error)
+
+    def verify(self, anchor: tuple[int, str] | None = None) -> VerifyReport:
         """Verify inside one read transaction, so concurrent appends cannot confuse it."""
         conn = self._conn()
         try:
             conn.execute("BEGIN")
-            checkpoint = self._point(conn, "checkpoint") or (0, GENESIS_HASH)
-            head = self._point(conn, "head")
-            cursor = conn.execute("SELECT seq, data FROM audit_records ORDER BY seq")
-            entries = (StoredEntry(data, f"row {seq}") for seq, data in cursor)
-            report = verify_entries(entries, checkpoint=checkpoint, head=head)
+            options = VerifyOptions(keys=self.mac_keys(), anchor=anchor)
+            report = verify_chain(self._entries(conn), self._state(conn), options)
             conn.execute("COMMIT")
         except sqlite3.Error as error:
             raise self._fail(conn, error, "verify the chain") from error
@@ -278,27 +474,48 @@ class SqliteAuditLog(AuditLog):
         """Delete the expired prefix and move the checkpoint in the same transaction."""
         now = now or utcnow()
         conn = self._conn()
+        keys = self.mac_keys()
         with self._write_lock:
-            return self._prune_locked(conn, now)
+            return self._prune_locked(conn, now, keys)
 
-    def _prune_locked(self, conn: sqlite3.Connection, now: datetime) -> int:
+    def _prune_locked(self, conn: sqlite3.Connection, now: datetime, keys: AuditKeys | None) -> int:
         try:
             conn.execute("BEGIN IMMEDIATE")
+            meta = _meta(conn)
+            marker = StoreMarker.from_fields(meta)
             last: tuple[int, str] | None = None
             count = 0
             for seq, data in conn.execute("SELECT seq, data FROM audit_records ORDER BY seq"):
-                record = json.loads(data)
-                if not is_expired(record, now, self.max_age):
+                digest = _expired_hash(data, now, self.max_age)
+                if digest is None:
                     break
-                last = (int(seq), str(record["hash"]))
+                last = (int(seq), digest)
                 count += 1
             if last is not None:
                 conn.execute("DELETE FROM audit_records WHERE seq <= ?", (last[0],))
-                self._set_meta(conn, "checkpoint_seq", str(last[0]))
-                self._set_meta(conn, "checkpoint_hash", last[1])
+                checkpoint = new_checkpoint(
+                    seq=last[0],
+                    digest=last[1],
+                    removed=count,
+                    reason="retention",
+                    now=now,
+                    previous=_checkpoint(meta, marker),
+                    store_id=None if marker is None else marker.store_id,
+                    max_age=self.max_age,
+                    max_len=None,
+                    keys=keys,
+                )
+                _set_meta(conn, {"checkpoint": checkpoint.to_json()})
+                conn.execute(
+                    "DELETE FROM audit_meta WHERE key IN ('checkpoint_seq', 'checkpoint_hash')"
+                )
             conn.execute("COMMIT")
         except sqlite3.Error as error:
             raise self._fail(conn, error, "prune expired records") from error
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         return count
 
     def close(self) -> None:

@@ -1,7 +1,13 @@
-"""``sarsteer-guard audit``: list, show, export and verify the audit log.
+"""``sarsteer-guard audit``: list, show, export, verify, report and prune the audit log.
 
-Written for compliance staff: readable tables by default, ``--json`` for machines,
+Written for compliance staff: readable tables by default, ``--json`` for machines
+(records as JSON lines in ``list``/``show``; one JSON object in ``verify``/``prune``),
 dates as ISO dates/times or relative ages (``7d``, ``24h``, ``30m``, ``2w``). No torch.
+
+The log is named by ``--audit URL`` as in ``respond``/``serve`` (``--store`` still works
+but is deprecated: elsewhere it names the vector store). These commands only read
+(``prune`` deletes expired records): a store that does not exist is an error (exit 2),
+never created. ``verify`` and ``report`` exit 1 when the log cannot be vouched for.
 """
 
 from __future__ import annotations
@@ -12,8 +18,9 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -21,14 +28,21 @@ from typing import TYPE_CHECKING, Any, TextIO
 from sarsteer_guard.errors import AuditError, GuardError
 
 if TYPE_CHECKING:  # the audit stack (redis, sqlite) loads only when an audit command runs
-    from sarsteer_guard.audit import AuditLog, AuditRecord
+    from sarsteer_guard.audit import AuditLog, AuditRecord, RecordFilter, VerifyReport
+    from sarsteer_guard.audit.export import OutcomeCounts
 
 
 def open_audit_log(url: str | None) -> AuditLog:
-    """Open the audit log named by ``--store`` (imported on first use)."""
+    """Open the existing audit log named by ``--audit`` for reading (imported on first use).
+
+    Raises:
+        AuditStoreMissingError: there is no audit log there (nothing is created).
+    """
     from sarsteer_guard.audit import open_audit_log as _open
 
-    return _open(url)
+    log = _open(url, create=False)
+    log.open()
+    return log
 
 
 def export_jsonl(records: Any, out: TextIO) -> Any:
@@ -99,14 +113,26 @@ def _first_words(text: str, words: int = 8, width: int = 48) -> str:
     return short
 
 
-def _iter(log: AuditLog, args: argparse.Namespace) -> Iterator[AuditRecord]:
-    return log.iter(
+def _where(args: argparse.Namespace) -> RecordFilter:
+    from sarsteer_guard.audit import RecordFilter
+
+    return RecordFilter(
         since=args.since,
         until=args.until,
         policy=args.policy,
         session=args.session,
         rule=args.rule,
     )
+
+
+def _iter(log: AuditLog, args: argparse.Namespace) -> Iterator[AuditRecord]:
+    return log.iter(_where(args))
+
+
+def _counts() -> OutcomeCounts:
+    from sarsteer_guard.audit.export import OutcomeCounts
+
+    return OutcomeCounts()
 
 
 def _table(records: list[AuditRecord], out: TextIO) -> None:
@@ -118,7 +144,7 @@ def _table(records: list[AuditRecord], out: TextIO) -> None:
             r.policy_ref,
             r.rule or "-",
             f"{r.alpha:g}",
-            ("yes" if r.refused else "no") + (" (shadow)" if r.mode == "shadow" else ""),
+            ("yes" if r.enforce_refused else "no") + (" (shadow)" if r.mode == "shadow" else ""),
             _first_words(r.response_text),
             r.id,
         )
@@ -146,14 +172,18 @@ def _quiet_pipe(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
 @_quiet_pipe
 def _cmd_list(args: argparse.Namespace) -> int:
-    with open_audit_log(args.store) as log:
+    with open_audit_log(args.audit) as log:
         records = list(_iter(log, args))
     if args.limit:
         records = records[-args.limit :]
+    counts = _counts()
+    records = list(counts.counted(records))
     if args.json:
         export_jsonl(records, sys.stdout)
     elif records:
         _table(records, sys.stdout)
+    if records:
+        print(f"{counts.records} records: {counts}", file=sys.stderr)
     else:
         print("no audit records match", file=sys.stderr)
     return 0
@@ -181,7 +211,7 @@ _SHOW_ORDER = (
     "id", "session_id", "turn_id", "mode", "refused", "rule", "alpha", "response_text",
     "served_text", "latency_ms", "flags", "model_id", "model_fingerprint", "vector_set_id",
     "audio_sha256", "audio_format", "retention_until", "library_version", "record_version",
-    "seq", "prev_hash", "hash",
+    "seq", "prior_expiry", "prev_hash", "hash",
 )  # fmt: skip
 
 
@@ -190,6 +220,7 @@ def _show(record: AuditRecord, out: TextIO) -> None:
     audio = data.pop("audio")
     detector = data.pop("detector")
     context = data.pop("context")
+    shadow = data.pop("shadow", None) or {}
     lines: list[tuple[str, str]] = [
         ("time", f"{data.pop('time')} (UTC)"),
         ("policy", f"{record.policy_ref} (hash {data.pop('policy_hash')})"),
@@ -203,8 +234,9 @@ def _show(record: AuditRecord, out: TextIO) -> None:
             "-" if value is None else json.dumps(value) if isinstance(value, list) else str(value)
         )
         lines.append((key, text))
-    for key, value in detector.items():
-        lines.append((f"detector.{key}", "-" if value is None else str(value)))
+    for prefix, values in (("detector", detector), ("shadow", shadow)):
+        for key, value in values.items():
+            lines.append((f"{prefix}.{key}", "-" if value is None else str(value)))
     kept = record.audio_bytes()
     lines.append(
         (
@@ -223,7 +255,7 @@ def _show(record: AuditRecord, out: TextIO) -> None:
 
 @_quiet_pipe
 def _cmd_show(args: argparse.Namespace) -> int:
-    with open_audit_log(args.store) as log:
+    with open_audit_log(args.audit) as log:
         record = _find(log, args.id)
     if args.json:
         export_jsonl([record], sys.stdout)
@@ -251,41 +283,85 @@ def _output(path: str | None) -> Iterator[TextIO]:
 @_quiet_pipe
 def _cmd_export(args: argparse.Namespace) -> int:
     writer = {"jsonl": export_jsonl, "csv": export_csv, "sor": export_sor}[args.format]
-    with open_audit_log(args.store) as log, _output(args.out) as out:
-        count = writer(_iter(log, args), out)
+    counts = _counts()
+    with open_audit_log(args.audit) as log, _output(args.out) as out:
+        count = writer(counts.counted(_iter(log, args)), out)
     noun = "statements of reasons" if args.format == "sor" else "records"
-    print(f"exported {count} {noun}" + (f" to {args.out}" if args.out else ""), file=sys.stderr)
+    where = f" to {args.out}" if args.out else ""
+    print(
+        f"exported {count} {noun}{where} (of {counts.records} records: {counts})", file=sys.stderr
+    )
     return 0
+
+
+def _verify_json(report: VerifyReport) -> dict[str, Any]:
+    brk = report.first_break
+    anchor = report.anchor
+    return {
+        "ok": report.ok,
+        "vouched": report.vouched,
+        "summary": report.summary(),
+        "checked": report.checked,
+        "checkpoint_seq": report.checkpoint_seq,
+        "last_seq": report.last_seq,
+        "head": None if report.head_hash is None else f"{report.last_seq}:{report.head_hash}",
+        "break": None
+        if brk is None
+        else {"seq": brk.seq, "record_id": brk.record_id, "kind": brk.kind, "detail": brk.detail},
+        "anchor": None
+        if anchor is None
+        else {"anchor": f"{anchor[0]}:{anchor[1]}", "ok": report.anchor_problem is None,
+              "problem": report.anchor_problem},
+        "notes": list(report.notes),
+    }  # fmt: skip
+
+
+def _print_verify(report: VerifyReport) -> None:
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    if report.ok and report.head_hash is not None:
+        # Someone who can write the store can rewrite a tail and its head together; a head
+        # recorded outside the store (ticket, WORM bucket) makes that detectable later.
+        print(
+            f"head: {report.last_seq}:{report.head_hash}  "
+            "(keep it elsewhere; check later with --anchor)"
+        )
+    if report.ok and report.anchor is not None:
+        if report.anchor_problem is None:
+            print(f"anchor ok: record {report.anchor[0]} still has the recorded hash")
+        else:
+            print(f"anchor broken: {report.anchor_problem}", file=sys.stderr)
+    for note in report.notes:
+        print(f"note: {note}", file=sys.stdout if report.ok else sys.stderr)
+
+
+def _spool_note(log: AuditLog) -> str | None:
+    """Drafts a writer of this store left in its default spool (not chained yet)."""
+    from sarsteer_guard.audit import default_spool_dir, spool_backlog
+
+    spool_dir = default_spool_dir(log)
+    backlog = spool_backlog(spool_dir)
+    if not backlog or not any(backlog):
+        return None
+    waiting, held = backlog
+    return (
+        f"{waiting} records wait in the spool {spool_dir} to be chained"
+        + (f", {held} unreadable drafts are held in its quarantine" if held else "")
+        + " (the guard replays them when the store is writable)"
+    )
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     anchor = _parse_anchor(args.anchor) if args.anchor else None
-    with open_audit_log(args.store) as log:
-        report = log.verify()
-        head = None
-        anchored = None
-        for record in log.iter():
-            head = record
-            if anchor is not None and record.seq == anchor[0]:
-                anchored = record
-    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
-    if not report.ok:
-        return 1
-    if head is not None:
-        # Someone who can write the store can rewrite a tail and its head together; a head
-        # recorded outside the store (ticket, WORM bucket) makes that detectable later.
-        print(f"head: {head.seq}:{head.hash}  (keep it elsewhere; check later with --anchor)")
-    if anchor is not None:
-        if anchored is None or anchored.hash != anchor[1]:
-            found = "missing" if anchored is None else f"has hash {anchored.hash}"
-            print(
-                f"anchor broken: record {anchor[0]} {found}, expected {anchor[1]}: the log was "
-                "rewritten after the anchor was taken; restore it from a backup and investigate",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"anchor ok: record {anchor[0]} still has the recorded hash")
-    return 0
+    with open_audit_log(args.audit) as log:
+        report = log.verify(anchor)
+        note = _spool_note(log)
+    if note is not None:
+        report = replace(report, notes=(*report.notes, note))
+    if args.json:
+        print(json.dumps(_verify_json(report), sort_keys=True))
+    else:
+        _print_verify(report)
+    return 0 if report.vouched else 1
 
 
 def _parse_anchor(text: str) -> tuple[int, str]:
@@ -298,9 +374,22 @@ def _parse_anchor(text: str) -> tuple[int, str]:
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:
-    with open_audit_log(args.store) as log:
+    from sarsteer_guard.audit import KEY_ENV, AuditKeys
+
+    keys = AuditKeys.from_env()  # before deleting anything: a bad key is a one-line error
+    with open_audit_log(args.audit) as log:
         count = log.prune(args.now)
-    print(f"pruned {count} expired records")
+    if args.json:
+        print(json.dumps({"pruned": count, "checkpoint_mac": keys is not None and count > 0}))
+        return 0
+    how = ""
+    if count:
+        how = (
+            f" (checkpoint MACed with key id {keys.current.key_id})"
+            if keys is not None
+            else f" (checkpoint not MACed: {KEY_ENV} is not set)"
+        )
+    print(f"pruned {count} expired records{how}")
     return 0
 
 
@@ -315,57 +404,94 @@ def _cmd_report(args: argparse.Namespace) -> int:
         write_page,
     )
 
-    filters = {
-        "since": args.since,
-        "until": args.until,
-        "policy": args.policy,
-        "session": args.session,
-        "rule": args.rule,
-    }
-    with open_audit_log(args.store) as log:
-        summary = audit_summary(_iter(log, args), recent=args.recent)
+    where = _where(args)
+    with open_audit_log(args.audit) as log:
+        summary = audit_summary(log.iter(where), recent=args.recent)
         report = None if args.no_verify else log.verify()
-    page = render_audit_html(summary, title=args.title, verify=report, scope=scope_line(filters))
+    page = render_audit_html(summary, title=args.title, verify=report, scope=scope_line(where))
     write_page(page, args.out)
     print(
         f"wrote {args.out}: {summary.turns} turns, {summary.refused} refused"
-        + ("" if report is None else f"; {report.summary()}"),
+        + ("" if report is None else f"; {report.summary()}")
+        + (f"; {summary.shadow_refused} refused in shadow" if summary.shadow_refused else ""),
         file=sys.stderr,
     )
-    return 0
+    return 0 if report is None or report.ok else 1
+
+
+class _Help(argparse.HelpFormatter):
+    """Shows each option's default unless it is unset (None/False) or already in the text."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if (
+            "%(default)" in text
+            or not action.option_strings
+            or action.default in (None, False, argparse.SUPPRESS)
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _DeprecatedStore(argparse.Action):
+    """``--store`` in audit commands: still accepted, with a one-line note."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        print(
+            "sarsteer-guard: note: --store is deprecated in audit commands (elsewhere it names "
+            "the vector store); use --audit",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, values)
+
+
+def _parser_kwargs(help_text: str) -> dict[str, Any]:
+    return {"help": help_text, "allow_abbrev": False, "formatter_class": _Help}
 
 
 def register(subparsers: Any) -> None:
     """Add the ``audit`` command group to the CLI."""
-    store = argparse.ArgumentParser(add_help=False)
+    store = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     store.add_argument(
-        "--store",
+        "--audit",
         metavar="URL",
         default=None,
-        help="audit store: sqlite:///path, a path or redis://... "
-        "(default: $SARSTEER_AUDIT_URL or ~/.local/state/sarsteer-guard/audit.db)",
+        help="audit log: sqlite:///relative.db, sqlite:////abs/path.db, a path or "
+        "redis://host:port/db?prefix=P (default: $SARSTEER_AUDIT_URL, else "
+        "~/.local/state/sarsteer-guard/audit.db)",
     )
-    filters = argparse.ArgumentParser(add_help=False)
+    store.add_argument("--store", dest="audit", action=_DeprecatedStore, help=argparse.SUPPRESS)
+    filters = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     filters.add_argument("--since", type=_when, help="from this time (ISO, or age like 7d, 24h)")
     filters.add_argument("--until", type=_when, help="before this time (ISO, or age)")
     filters.add_argument("--policy", help="policy name or name@version")
     filters.add_argument("--session", help="session id")
     filters.add_argument("--rule", help="matched policy rule")
 
-    audit = subparsers.add_parser("audit", help="review, export and verify the refusal audit log")
+    audit = subparsers.add_parser(
+        "audit", **_parser_kwargs("review, export and verify the refusal audit log")
+    )
     sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
 
-    p = sub.add_parser("list", parents=[store, filters], help="list records as a table")
+    p = sub.add_parser(
+        "list", parents=[store, filters], **_parser_kwargs("list records as a table")
+    )
     p.add_argument("--json", action="store_true", help="one JSON record per line")
-    p.add_argument("--limit", type=int, default=0, help="only the newest N records")
+    p.add_argument("--limit", type=int, default=0, help="only the newest N records (0: all)")
     p.set_defaults(func=_cmd_list)
 
-    p = sub.add_parser("show", parents=[store], help="show every field of one record")
+    p = sub.add_parser("show", parents=[store], **_parser_kwargs("show every field of one record"))
     p.add_argument("id", help="record id (or a unique prefix of at least 6 characters)")
-    p.add_argument("--json", action="store_true", help="the stored JSON form")
+    p.add_argument("--json", action="store_true", help="the stored JSON form, one line")
     p.set_defaults(func=_cmd_show)
 
-    p = sub.add_parser("export", parents=[store, filters], help="export records")
+    p = sub.add_parser("export", parents=[store, filters], **_parser_kwargs("export records"))
     p.add_argument(
         "--format",
         choices=("jsonl", "csv", "sor"),
@@ -375,17 +501,24 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("verify", parents=[store], help="check the hash chain")
+    p = sub.add_parser(
+        "verify",
+        parents=[store],
+        **_parser_kwargs("check the hash chain, checkpoints and an anchor (exit 1 if broken)"),
+    )
     p.add_argument(
         "--anchor",
         metavar="SEQ:HASH",
         help="also check that record SEQ still has HASH (a head printed earlier and kept "
         "outside the store)",
     )
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.set_defaults(func=_cmd_verify)
 
     p = sub.add_parser(
-        "report", parents=[store, filters], help="write a self-contained HTML report with charts"
+        "report",
+        parents=[store, filters],
+        **_parser_kwargs("write a self-contained HTML report (exit 1 if the chain is broken)"),
     )
     p.add_argument("--out", type=Path, required=True, metavar="FILE.html", help="report to write")
     p.add_argument("--title", default="sarsteer-guard audit report", help="page title")
@@ -393,6 +526,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--no-verify", action="store_true", help="skip the hash-chain check")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("prune", parents=[store], help="remove records past their retention")
+    p = sub.add_parser(
+        "prune",
+        parents=[store],
+        **_parser_kwargs(
+            "remove records past their retention (checkpoint MACed with $SARSTEER_AUDIT_KEY)"
+        ),
+    )
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     p.add_argument("--now", type=_when, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_prune)

@@ -26,6 +26,7 @@ from sarsteer_guard.report._mpl import mpl_text, new_figure, png_bytes
 
 if TYPE_CHECKING:
     from sarsteer_guard.audit.base import VerifyReport
+    from sarsteer_guard.audit.filter import RecordFilter
     from sarsteer_guard.audit.record import AuditRecord
 
 __all__ = [
@@ -60,7 +61,8 @@ class PolicyCounts:
     refused: int = 0
     """Refused while enforcing: the user got a refusal."""
     shadow_refused: int = 0
-    """Refused in shadow mode: logged only, the user got the unsteered answer."""
+    """Refused in shadow mode (by the steered shadow row, i.e. what enforce would have
+    done): logged only, the user got the unsteered answer."""
 
 
 @dataclass
@@ -111,8 +113,9 @@ def audit_summary(records: Iterable[AuditRecord], *, recent: int = DEFAULT_RECEN
         policy.turns += 1
         mode.turns += 1
         summary.flags.update(set(record.flags))
-        summary.alphas.append((record.alpha, record.refused))
-        if not record.refused:
+        refused = record.enforce_refused  # shadow mode: what enforce would have done
+        summary.alphas.append((record.alpha, refused))
+        if not refused:
             continue
         if record.mode == "shadow":
             summary.shadow_refused += 1
@@ -469,8 +472,10 @@ def write_page(page: str, path: Path) -> Path:
     return path
 
 
-def scope_line(filters: Mapping[str, object]) -> str | None:
+def scope_line(filters: Mapping[str, object] | RecordFilter) -> str | None:
     """Describe the non-empty filters (``since``, ``policy``...) in one line."""
+    if not isinstance(filters, Mapping):
+        return filters.describe()
     words = []
     for name, value in filters.items():
         if value is None or value == "":

@@ -21,17 +21,12 @@ from sarsteer_guard.audit.base import (
     StoredEntry,
     VerifyReport,
     is_expired,
-    verify_entries,
 )
-from sarsteer_guard.audit.record import (
-    GENESIS_HASH,
-    AuditDraft,
-    AuditRecord,
-    Detection,
-    audio_sha256,
-    seal,
-    utcnow,
-)
+from sarsteer_guard.audit.chain import ChainHead, StoreMarker, seal
+from sarsteer_guard.audit.checkpoint import Checkpoint, new_checkpoint
+from sarsteer_guard.audit.keys import AuditKeys
+from sarsteer_guard.audit.record import AuditDraft, AuditRecord, Detection, audio_sha256, utcnow
+from sarsteer_guard.audit.verify import ChainState, VerifyOptions, verify_chain
 from sarsteer_guard.errors import AuditError
 
 __all__ = ["CapturingAuditLog", "sample_draft"]
@@ -70,10 +65,12 @@ class CapturingAuditLog(AuditLog):
     tamper with it to exercise :meth:`verify`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, keys: AuditKeys | None = None) -> None:
         self.stored: list[str] = []
-        self.checkpoint: tuple[int, str] = (0, GENESIS_HASH)
-        self.head: tuple[int, str] | None = None
+        self.checkpoint: Checkpoint | None = None
+        self.head: ChainHead | None = ChainHead()
+        self.marker = StoreMarker.new()
+        self.keys = keys
         self._records: list[AuditRecord] = []
         self._by_id: dict[str, AuditRecord] = {}
         self._cond = threading.Condition()
@@ -92,50 +89,55 @@ class CapturingAuditLog(AuditLog):
                 raise AuditError("CapturingAuditLog is closed; create a new one")
             if draft.id in self._by_id:
                 return self._by_id[draft.id]
-            seq, prev = self.head or self.checkpoint
-            record, text = seal(draft, seq=seq + 1, prev_hash=prev)
+            record, text, self.head = seal(draft, self.head or ChainHead())
             self.stored.append(text)
             self._records.append(record)
             self._by_id[record.id] = record
-            self.head = (record.seq, record.hash)
             self._cond.notify_all()
             return record
 
-    def iter(
-        self,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        policy: str | None = None,
-        session: str | None = None,
-        rule: str | None = None,
-        refused: bool | None = None,
-    ) -> Iterator[AuditRecord]:
+    def _iter(self, where: RecordFilter) -> Iterator[AuditRecord]:
         """Matching records from a snapshot (appends during iteration are not seen)."""
-        flt = RecordFilter(since, until, policy, session, rule, refused)
-        return iter([r for r in self.records if flt.matches(r)])
+        return iter([r for r in self.records if where.matches(r)])
 
     def get(self, record_id: str) -> AuditRecord | None:
         """Look a record up by id."""
         with self._cond:
             return self._by_id.get(record_id)
 
-    def verify(self) -> VerifyReport:
+    def verify(self, anchor: tuple[int, str] | None = None) -> VerifyReport:
         """Verify the stored texts (so tampering with ``stored`` is detected)."""
         with self._cond:
             entries = [StoredEntry(t, f"index {i}") for i, t in enumerate(self.stored)]
-            return verify_entries(entries, checkpoint=self.checkpoint, head=self.head)
+            state = ChainState(self.marker, self.head, self.checkpoint)
+            return verify_chain(entries, state, VerifyOptions(keys=self.keys, anchor=anchor))
 
     def prune(self, now: datetime | None = None) -> int:
         """Drop the expired prefix and move the checkpoint."""
         now = now or utcnow()
         with self._cond:
             count = 0
+            last: dict[str, object] | None = None
             for text in self.stored:
                 data = json.loads(text)
                 if not is_expired(data, now, None):
                     break
-                self.checkpoint = (int(data["seq"]), str(data["hash"]))
+                last = data
                 count += 1
+            if last is None:
+                return 0
+            self.checkpoint = new_checkpoint(
+                seq=int(str(last["seq"])),
+                digest=str(last["hash"]),
+                removed=count,
+                reason="retention",
+                now=now,
+                previous=self.checkpoint,
+                store_id=self.marker.store_id,
+                max_age=None,
+                max_len=None,
+                keys=self.keys,
+            )
             gone = self._records[:count]
             del self.stored[:count]
             del self._records[:count]
