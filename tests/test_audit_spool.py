@@ -163,3 +163,86 @@ def test_damaged_spool_line_is_quarantined_not_blocking(
     assert [r.turn_id for r in log.iter()] == ["t0", "t2"]
     assert log.verify().ok
     log.close()
+
+
+# -- issue #10 E: a crashed process's spool is replayed when the next one starts --------
+_CRASH = """
+import os, sys
+from pathlib import Path
+from sarsteer_guard.audit import RedisAuditLog, SpooledAuditLog
+from sarsteer_guard.testing.audit import sample_draft
+inner = RedisAuditLog(sys.argv[1], prefix="spooltest", socket_timeout_s=1.0)
+log = SpooledAuditLog(inner, Path(sys.argv[2]), flush_interval_s=None)
+for i in range(int(sys.argv[3])):
+    assert log.append(sample_draft(turn_id=f"crashed-{i}")) is None
+os._exit(0)  # a crash: no close(), the drafts stay in the spool file
+"""
+
+
+def _crash_with_spooled(url: str, spool: Path, n: int) -> None:
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _CRASH, url, str(spool), str(n)], capture_output=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr.decode()
+
+
+def _stream_len(url: str) -> int:
+    raw = redis.Redis.from_url(url)
+    try:
+        return int(raw.xlen("{spooltest}:stream"))
+    finally:
+        raw.close()
+
+
+def test_spool_of_a_crashed_process_is_replayed_at_start(
+    redis_proc: RedisProcess, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    redis_proc.kill()
+    _crash_with_spooled(redis_proc.url, spool, 3)
+    redis_proc.start()
+    log = _spooled(redis_proc.url, spool, flush_interval_s=None)
+    assert log.pending() == 0  # the first use replayed them: no new record was needed
+    assert _stream_len(redis_proc.url) == 3
+    assert [r.turn_id for r in log.iter()] == ["crashed-0", "crashed-1", "crashed-2"]
+    assert log.verify().ok
+    log.close()
+
+
+def test_spool_replays_in_the_background_when_the_backend_returns(
+    redis_proc: RedisProcess, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    redis_proc.kill()
+    _crash_with_spooled(redis_proc.url, spool, 2)
+    log = _spooled(redis_proc.url, spool, flush_interval_s=0.1)
+    log.open()  # the guard starts while Redis is still down: no error, replay waits
+    assert log.pending() == 2
+    redis_proc.start()
+    deadline = time.monotonic() + 15
+    while log.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log.pending() == 0
+    assert _stream_len(redis_proc.url) == 2
+    log.close()
+
+
+def test_a_deleted_log_keeps_records_in_the_spool_until_a_restart(
+    redis_proc: RedisProcess, tmp_path: Path
+) -> None:
+    spool = tmp_path / "spool"
+    log = _spooled(redis_proc.url, spool, flush_interval_s=None)
+    assert log.append(sample_draft(turn_id="first")) is not None
+    raw = redis.Redis.from_url(redis_proc.url)
+    raw.flushall()  # this throwaway server only: the whole database is gone
+    raw.close()
+    assert log.append(sample_draft(turn_id="second")) is None  # not written into a new chain
+    assert log.pending() == 1
+    log.close()
+    restarted = _spooled(redis_proc.url, spool, flush_interval_s=None)
+    restarted.open()  # a restart starts a new log and replays into it
+    assert [r.turn_id for r in restarted.iter()] == ["second"]
+    assert restarted.verify().ok
+    restarted.close()

@@ -380,23 +380,23 @@ class SqliteAuditLog(AuditLog):
 
     @staticmethod
     def _sql(where: RecordFilter) -> tuple[list[str], list[Any]]:
-        """Index clauses for ``where`` (a pre-filter: matches() is re-checked on content)."""
+        """Clauses on the indexed columns (time, session) only.
+
+        Every other filter, and these again, are checked on the hashed content, so an
+        edited column can at most hide a record from a time or session query, and
+        ``verify`` reports that edit.
+        """
         clauses = ["seq > ?"]
         params: list[Any] = []
-        pairs: list[tuple[str, Any]] = [
+        pairs: list[tuple[str, str | None]] = [
             ("time >= ?", None if where.since is None else time_key(where.since)),
             ("time < ?", None if where.until is None else time_key(where.until)),
             ("session_id = ?", where.session),
-            ("rule = ?", where.rule),
-            ("refused = ?", None if where.refused is None else int(where.refused)),
         ]
         for clause, value in pairs:
             if value is not None:
                 clauses.append(clause)
                 params.append(value)
-        if where.policy is not None:
-            clauses.append("(policy_name = ? OR policy_name || '@' || policy_version = ?)")
-            params += [where.policy, where.policy]
         return clauses, params
 
     def _iter(self, where: RecordFilter) -> Iterator[AuditRecord]:

@@ -405,9 +405,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     )
 
     where = _where(args)
+    unreadable: list[str] = []
     with open_audit_log(args.audit) as log:
-        summary = audit_summary(log.iter(where), recent=args.recent)
         report = None if args.no_verify else log.verify()
+        summary = audit_summary(_until_unreadable(log.iter(where), unreadable), recent=args.recent)
     page = render_audit_html(summary, title=args.title, verify=report, scope=scope_line(where))
     write_page(page, args.out)
     print(
@@ -416,7 +417,17 @@ def _cmd_report(args: argparse.Namespace) -> int:
         + (f"; {summary.shadow_refused} refused in shadow" if summary.shadow_refused else ""),
         file=sys.stderr,
     )
-    return 0 if report is None or report.ok else 1
+    for problem in unreadable:
+        print(f"sarsteer-guard: the report stops early: {problem}", file=sys.stderr)
+    return 0 if (report is None or report.ok) and not unreadable else 1
+
+
+def _until_unreadable(records: Iterator[AuditRecord], problems: list[str]) -> Iterator[AuditRecord]:
+    """Yield ``records`` until one cannot be read; note why (the report still gets written)."""
+    try:
+        yield from records
+    except AuditError as error:
+        problems.append(str(error))
 
 
 class _Help(argparse.HelpFormatter):
