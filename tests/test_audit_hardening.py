@@ -468,12 +468,14 @@ def test_f_damaged_database_pages(tmp_path: Path) -> None:
 
 
 # -- item 3: a report on a broken chain fails -------------------------------------------
-def test_report_on_a_broken_chain_exits_1(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["edited", "unreadable"])
+def test_report_on_a_broken_chain_exits_1(tmp_path: Path, damage: str) -> None:
     pytest.importorskip("matplotlib")
     path = tmp_path / "audit.db"
     with SqliteAuditLog(path) as log:
-        _fill(log, 3)
-    _edit_row(path, 2, '{"x": 1}')
+        records = _fill(log, 3)
+    data = records[1].to_json_dict() | {"refused": False}
+    _edit_row(path, 2, json.dumps(data) if damage == "edited" else '{"x": 1}')
     out = tmp_path / "r.html"
     assert main(["audit", "report", "--audit", str(path), "--out", str(out)]) == 1
     assert "BROKEN" in out.read_text(encoding="utf-8")

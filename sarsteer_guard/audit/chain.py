@@ -25,6 +25,7 @@ from typing import Any
 from sarsteer_guard.audit.record import (
     GENESIS_HASH,
     RECORD_VERSION,
+    SEALED_CONTEXT,
     AuditDraft,
     AuditRecord,
     chain_hash,
@@ -145,4 +146,5 @@ def seal(
     own = record_expiry(draft.time, draft.retention_until, max_age)
     new_head = ChainHead(head.seq + 1, data["hash"], later(head.expiry, own))
     text = json.dumps(data, sort_keys=True, ensure_ascii=False)
-    return AuditRecord.model_validate(data), text, new_head
+    record = AuditRecord.model_validate(data, context={SEALED_CONTEXT: True})
+    return record, text, new_head

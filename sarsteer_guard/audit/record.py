@@ -45,6 +45,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_serializer,
@@ -71,6 +72,9 @@ MAX_INT_BITS = 4096
 _HEX64 = r"^[0-9a-f]{64}$"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: Validation context key: the data is the dump of an already validated draft (sealing),
+#: so repairing its strings again would only cost time.
+SEALED_CONTEXT = "sealed"
 #: Keys added by layout version 2, left out of version 1 dumps.
 _V2_KEYS = ("prior_expiry", "shadow")
 
@@ -204,8 +208,8 @@ class _SafeModel(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _storable(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
+    def _storable(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict) or (info.context or {}).get(SEALED_CONTEXT):
             return data
         walker = _Normaliser()
         fixed = walker.fields(data)

@@ -133,7 +133,7 @@ def _print_table(rows: list[dict[str, Any]], *, model: str, seconds: float, out:
     print(
         f"\n{refused}/{len(rows)} turns refused with steering, "
         f"{sum(r['refused_unsteered'] for r in rows)}/{len(rows)} without. "
-        f"Refused turns are in the audit log: sarsteer-guard audit list --store "
+        f"Refused turns are in the audit log: sarsteer-guard audit list --audit "
         f"sqlite:///{(out / 'audit.db').resolve()}"
     )
     print(
