@@ -11,13 +11,10 @@ JSON with sorted keys, no whitespace, UTF-8, and finite floats written in Python
 shortest round-trip form; verification recomputes it from the *stored* JSON, never
 from a re-validated model, so lenient parsing cannot hide an edit.
 
-Every value is made storable when a draft is built, so that a record whose id was
-handed out can always be written (see :func:`safe_text` and :func:`json_safe`): lone
-UTF-16 surrogates become U+FFFD, and inside ``context`` non-finite numbers become the
-strings ``"NaN"``/``"Infinity"``/``"-Infinity"``, integers too long to print become
-hex strings, other objects their ``str()``, and nesting deeper than
-:data:`MAX_CONTEXT_DEPTH` a marker string. A draft where any of that happened carries
-the flag ``normalised``. Typed fields (``alpha``, ``latency_ms``...) stay strict.
+Every value is made storable when a draft is built (see
+:mod:`sarsteer_guard.audit.storable`), so that a record whose id was handed out can
+always be written; a draft where that changed anything carries the flag ``normalised``.
+Typed fields (``alpha``, ``latency_ms``...) stay strict.
 
 Layout versions (``record_version``, hashed): 1 is the original layout; 2 adds
 ``prior_expiry`` (retention evidence for checkpoints) and ``shadow`` (what enforce
@@ -33,7 +30,6 @@ import hmac
 import json
 import math
 import os
-import re
 import secrets
 import time as _time
 from collections.abc import Iterable, Mapping
@@ -53,7 +49,27 @@ from pydantic import (
 )
 
 from sarsteer_guard._version import __version__
+from sarsteer_guard.audit.storable import (
+    NORMALISED_FLAG,
+    JsonValue,
+    Normaliser,
+    json_safe,
+    safe_text,
+)
 from sarsteer_guard.errors import AuditError
+
+__all__ = [
+    "GENESIS_HASH",
+    "NORMALISED_FLAG",
+    "RECORD_VERSION",
+    "SALT_ENV",
+    "AuditDraft",
+    "AuditRecord",
+    "Detection",
+    "ShadowOutcome",
+    "json_safe",
+    "safe_text",
+]
 
 #: ``prev_hash`` of the first record of every log.
 GENESIS_HASH = "0" * 64
@@ -61,25 +77,14 @@ GENESIS_HASH = "0" * 64
 SALT_ENV = "SARSTEER_AUDIT_SALT"
 #: Version of the record layout written now, hashed into every record.
 RECORD_VERSION = 2
-#: Flag added to a draft whose values had to be changed to be storable.
-NORMALISED_FLAG = "normalised"
-#: Context nesting kept; deeper values are replaced by a marker string.
-MAX_CONTEXT_DEPTH = 32
-#: Integers longer than this (in bits) are stored as hex strings (Python cannot print
-#: integers of more than 4300 digits, about 14,000 bits, as decimal).
-MAX_INT_BITS = 4096
 
 _HEX64 = r"^[0-9a-f]{64}$"
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
-_SURROGATE = re.compile("[\ud800-\udfff]")
 #: Validation context key: the data is the dump of an already validated draft (sealing),
 #: so repairing its strings again would only cost time.
 SEALED_CONTEXT = "sealed"
 #: Keys added by layout version 2, left out of version 1 dumps.
 _V2_KEYS = ("prior_expiry", "shadow")
-
-JsonValue = Any
-"""A JSON-compatible value (dict/list/str/int/float/bool/None)."""
 
 
 def new_record_id(now: datetime | None = None) -> str:
@@ -118,89 +123,6 @@ def to_utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC)
 
 
-# -- making values storable -------------------------------------------------------------
-def safe_text(value: str) -> str:
-    r"""``value`` as valid Unicode: surrogate pairs joined, lone surrogates -> U+FFFD.
-
-    Python strings may hold UTF-16 surrogates (from ``json.loads('"\\ud800"')``, or a
-    client that split an emoji); they cannot be encoded as UTF-8, so an audit write of
-    such text would fail after the turn's record id was handed out.
-    """
-    if value.isascii() or _SURROGATE.search(value) is None:
-        return value
-    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-class _Normaliser:
-    """Walks a value, fixing what JSON/UTF-8 cannot hold; remembers whether it changed."""
-
-    def __init__(self, *, containers_only: bool = False) -> None:
-        self.changed = False
-        self.containers_only = containers_only
-        """Only copy into dicts/lists with str keys; leave text and numbers as they are."""
-
-    def text(self, value: str) -> str:
-        if self.containers_only:
-            return value
-        fixed = safe_text(value)
-        if fixed is not value:
-            self.changed = True
-        return fixed
-
-    def json(self, value: object, depth: int = 0) -> JsonValue:
-        """A JSON-safe copy of ``value`` (see the module docstring for the rules)."""
-        if value is None or isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, int):
-            if value.bit_length() <= MAX_INT_BITS or self.containers_only:
-                return int(value)
-            self.changed = True
-            return hex(value)
-        if isinstance(value, float):
-            if math.isfinite(value) or self.containers_only:
-                return value
-            self.changed = True
-            return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-        if depth >= MAX_CONTEXT_DEPTH and isinstance(value, Mapping | list | tuple):
-            self.changed = True
-            return f"(nested deeper than {MAX_CONTEXT_DEPTH} levels, not stored)"
-        if isinstance(value, Mapping):
-            return {self._key(k): self.json(v, depth + 1) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.json(v, depth + 1) for v in value]
-        self.changed = True
-        return self.text(str(value))
-
-    def _key(self, key: object) -> str:
-        if isinstance(key, str):
-            return self.text(key)
-        self.changed = True
-        return self.text(str(key))
-
-    def fields(self, data: dict[str, Any]) -> dict[str, Any]:
-        """Fix every string of a model's input dict; ``context`` gets the full JSON rules."""
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            if key == "context" and isinstance(value, Mapping):
-                out[key] = self.json(value)
-            elif isinstance(value, str):
-                out[key] = self.text(value)
-            elif isinstance(value, Mapping):
-                out[key] = self.fields(dict(value))
-            elif isinstance(value, list | tuple):
-                out[key] = [self.text(v) if isinstance(v, str) else v for v in value]
-            else:
-                out[key] = value
-        return out
-
-
-def json_safe(value: object) -> JsonValue:
-    """A copy of ``value`` that canonical JSON and UTF-8 can always hold."""
-    return _Normaliser().json(value)
-
-
 class _SafeModel(BaseModel):
     """Frozen, strict model whose string inputs are repaired before validation."""
 
@@ -211,7 +133,7 @@ class _SafeModel(BaseModel):
     def _storable(cls, data: Any, info: ValidationInfo) -> Any:
         if not isinstance(data, dict) or (info.context or {}).get(SEALED_CONTEXT):
             return data
-        walker = _Normaliser()
+        walker = Normaliser()
         fixed = walker.fields(data)
         if walker.changed and "flags" in cls.model_fields:
             flags = tuple(fixed.get("flags") or ())
@@ -505,7 +427,7 @@ def redact_context(
         AuditError: hash fields were requested but no salt is configured.
     """
     # Text and numbers are repaired (and the record flagged) when the draft is built.
-    out: dict[str, Any] = _Normaliser(containers_only=True).json(dict(context))
+    out: dict[str, Any] = Normaliser(containers_only=True).json(dict(context))
     drops = _split(safe_text(p) for p in drop_fields)
     hashes = _split(safe_text(p) for p in hash_fields)
     for path in drops:

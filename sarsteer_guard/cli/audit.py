@@ -489,7 +489,14 @@ def register(subparsers: Any) -> None:
         "audit", **_parser_kwargs("review, export and verify the refusal audit log")
     )
     sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    _add_readers(sub, store, filters)
+    _add_checkers(sub, store, filters)
 
+
+def _add_readers(
+    sub: Any, store: argparse.ArgumentParser, filters: argparse.ArgumentParser
+) -> None:
+    """``list``, ``show`` and ``export``."""
     p = sub.add_parser(
         "list", parents=[store, filters], **_parser_kwargs("list records as a table")
     )
@@ -512,6 +519,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
     p.set_defaults(func=_cmd_export)
 
+
+def _add_checkers(
+    sub: Any, store: argparse.ArgumentParser, filters: argparse.ArgumentParser
+) -> None:
+    """``verify``, ``report`` and ``prune``."""
     p = sub.add_parser(
         "verify",
         parents=[store],
