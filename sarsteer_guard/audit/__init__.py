@@ -34,7 +34,7 @@ loop, e.g. ``await asyncio.to_thread(log.append, draft)``)::
         flags=("fail_open",) if failed_open else (), retention_until=now + retention,
         shadow=ShadowOutcome.from_turn(decision.shadow) if decision.shadow else None,
     )
-    record = log.append(draft)   # None when spooled (the backend failed); never lost
+    record = log.append(draft)   # None: spooled (the backend failed), replayed later
 """
 
 from __future__ import annotations

@@ -425,7 +425,7 @@ class RedisAuditLog(AuditLog):
         self.open()
         report = self._verify_once(anchor)
         if not report.ok:
-            checkpoint = self._checkpoint(self._marker)
+            checkpoint = self._state().checkpoint
             if (0 if checkpoint is None else checkpoint.seq) != report.checkpoint_seq:
                 report = self._verify_once(anchor)
         return report
