@@ -37,6 +37,7 @@ from sarsteer_guard.audit.checkpoint import Checkpoint
 from sarsteer_guard.audit.keys import AuditKeys
 from sarsteer_guard.audit.record import (
     GENESIS_HASH,
+    SEALED_CONTEXT,
     AuditRecord,
     chain_hash,
     format_time,
@@ -240,8 +241,8 @@ class _Walk:
                 "re-hashed)"
             )
             return self.brk(seq - 1, self.prev_id, "edited", detail)
-        try:
-            AuditRecord.model_validate(data)
+        try:  # only whether it validates matters here: no need to repair its text first
+            AuditRecord.model_validate(data, context={SEALED_CONTEXT: True})
         except ValidationError as error:
             first = error.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "record"
