@@ -98,6 +98,17 @@ def record_expiry(
     return format_time(min(limits)) if limits else NEVER
 
 
+def json_object(text: object) -> dict[str, Any]:
+    """A stored record's JSON object; ``{}`` when it is not one (damage is verify's job)."""
+    if not isinstance(text, str | bytes):
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def stored_expiry(data: dict[str, Any], max_age: timedelta | None) -> str:
     """:func:`record_expiry` of a stored record's JSON dict (unreadable times: never)."""
     try:

@@ -44,6 +44,7 @@ from sarsteer_guard.audit.chain import (
     NO_RECORDS,
     ChainHead,
     StoreMarker,
+    json_object,
     later,
     seal,
     stored_expiry,
@@ -278,9 +279,7 @@ class RedisAuditLog(AuditLog):
         if head_fields.get("seq") and "expiry" not in head_fields:
             expiry = NO_RECORDS
             for _, fields in self._scan():
-                expiry = later(
-                    expiry, stored_expiry(json.loads(fields.get("data", "{}")), self.max_age)
-                )
+                expiry = later(expiry, stored_expiry(json_object(fields.get("data")), self.max_age))
             self._call("migrate the head", client.hsetnx, self.keys[1], "expiry", expiry)
         old = self._call("read the checkpoint", client.hgetall, self.keys[3])
         if old.get("seq") and old.get("hash") and "json" not in old:

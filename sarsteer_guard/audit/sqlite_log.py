@@ -40,6 +40,7 @@ from sarsteer_guard.audit.chain import (
     NO_RECORDS,
     ChainHead,
     StoreMarker,
+    json_object,
     later,
     seal,
     stored_expiry,
@@ -285,7 +286,7 @@ class SqliteAuditLog(AuditLog):
         elif "head_expiry" not in meta:
             expiry = NO_RECORDS
             for (data,) in conn.execute("SELECT data FROM audit_records ORDER BY seq"):
-                expiry = later(expiry, stored_expiry(json.loads(data), self.max_age))
+                expiry = later(expiry, stored_expiry(json_object(data), self.max_age))
             updates["head_expiry"] = expiry
         legacy = _checkpoint(meta, None)
         if legacy is not None and "checkpoint" not in meta:
