@@ -129,8 +129,9 @@ def make_judge(args: argparse.Namespace, extra_keywords: tuple[str, ...] = ()) -
 def run_options(args: argparse.Namespace, *, vectors: Path | None = None) -> RunOptions:
     """Run options from the parsed arguments (validated)."""
     from sarsteer_guard.errors import GuardError
-    from sarsteer_guard.evaluation.runner import Generation, RunOptions
+    from sarsteer_guard.evaluation.runner import Generation, RunOptions, guard_engine_kwargs
 
+    guard_engine_kwargs(args.engine)  # an engine this build lacks fails before any loading
     if not 1 <= args.concurrency <= 256:
         raise GuardError("--concurrency must be between 1 and 256")
     generation = Generation(mode=args.generation, max_new_tokens=args.max_new_tokens)

@@ -249,15 +249,12 @@ def _figstep(ctx: _Context) -> Iterator[ManifestItem]:
         return
     for entry in _json_array(ctx.source):
         name = _field(entry, "audio_file")
+        category, question = _field(entry, "scenario"), _field(entry, "question")
         audio = _clip(ctx, entry, [folder / name])
         if audio is not None:
             yield _item(
-                entry,
-                ctx,
-                id=Path(name).stem,
-                audio=audio,
-                category=_field(entry, "scenario"),
-                transcript=_field(entry, "question"),
+                entry, ctx, id=Path(name).stem, audio=audio, category=category,
+                transcript=question,
             )
 
 
@@ -289,15 +286,12 @@ def _advbench(ctx: _Context) -> Iterator[ManifestItem]:
     for entry in _json_array(ctx.source):
         name = _field(entry, "audio_name")
         question_id = _field(entry, "question_id", (int, str))
+        question = _field(entry, "question")
         audio = _clip(ctx, entry, [folder / name])
         if audio is not None:
             yield _item(
-                entry,
-                ctx,
-                id=f"{ctx.source.stem}-{question_id}",
-                audio=audio,
-                category=ctx.source.stem,
-                transcript=_field(entry, "question"),
+                entry, ctx, id=f"{ctx.source.stem}-{question_id}", audio=audio,
+                category=ctx.source.stem, transcript=question,
             )
 
 
@@ -309,14 +303,11 @@ def _sorry_bench(ctx: _Context) -> Iterator[ManifestItem]:
         turns = _field(entry, "turns", (list,))
         if not turns or not isinstance(turns[0], str) or not turns[0].strip():
             raise ManifestError(f"{entry.where}: 'turns' must hold the request text first")
+        category = str(_field(entry, "category", (str, int)))
         audio = _clip(ctx, entry, [folder / str(question_id)])
         if audio is not None:
             yield _item(
-                entry,
-                ctx,
-                id=f"sorry-{question_id}",
-                audio=audio,
-                category=str(_field(entry, "category", (str, int))),
+                entry, ctx, id=f"sorry-{question_id}", audio=audio, category=category,
                 transcript=turns[0],
             )
 
@@ -336,17 +327,15 @@ def _ajailbench(ctx: _Context) -> Iterator[ManifestItem]:
     folder = _folder(ctx, ctx.source.parent)
     for entry in _jsonl(ctx.source):
         speech = Path(_field(entry, "speech_path"))
+        index = _field(entry, "index", (int, str))
+        category, prompt = _field(entry, "category"), _field(entry, "prompt")
         candidates = [speech if speech.is_absolute() else ctx.source.parent / speech]
         candidates.append(folder / speech.name)
         audio = _clip(ctx, entry, candidates)
         if audio is not None:
             yield _item(
-                entry,
-                ctx,
-                id=f"ajail-{_field(entry, 'index', (int, str))}",
-                audio=audio,
-                category=_field(entry, "category"),
-                transcript=_field(entry, "prompt"),
+                entry, ctx, id=f"ajail-{index}", audio=audio, category=category,
+                transcript=prompt,
             )
 
 
@@ -355,16 +344,10 @@ def _airbench_chat(ctx: _Context) -> Iterator[ManifestItem]:
     for entry in _json_array(ctx.source):
         task = _field(entry, "task_name")
         dataset = _field(entry, "dataset_name")
+        uniq, question = _field(entry, "uniq_id", (int, str)), _field(entry, "question")
         audio = _clip(ctx, entry, [folder / f"{task}_{dataset}" / _field(entry, "path")])
         if audio is not None:
-            yield _item(
-                entry,
-                ctx,
-                id=str(_field(entry, "uniq_id", (int, str))),
-                audio=audio,
-                category=task,
-                text=_field(entry, "question"),
-            )
+            yield _item(entry, ctx, id=str(uniq), audio=audio, category=task, text=question)
 
 
 def _manifest(ctx: _Context) -> Iterator[ManifestItem]:

@@ -64,7 +64,7 @@ ANSWERED_LABELS = ("answered", "answer", "complied", "compliance", "comply", "co
 #: Environment variable holding the endpoint judge's API key, unless another is named.
 DEFAULT_KEY_ENV = "SARSTEER_JUDGE_API_KEY"
 
-_SCORE = re.compile(r"^\s*\[?\s*(?:output\s*)?([01])\b", re.IGNORECASE)
+_SCORE = re.compile(r"^\s*\[?\s*(?:output\s*)?([01])(?!\d|\.\d)", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
