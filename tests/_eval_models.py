@@ -61,9 +61,7 @@ def build_lm_judge(folder: Path, answer: str) -> Path:
         model.model.embed_tokens.weight[answer_id, 1] = 5.0
         model.lm_head.weight[answer_id, 0] = 10.0
         model.lm_head.weight[end_id, 1] = 20.0
-    model.generation_config = GenerationConfig(
-        eos_token_id=end_id, pad_token_id=0, do_sample=False
-    )
+    model.generation_config = GenerationConfig(eos_token_id=end_id, pad_token_id=0, do_sample=False)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -60,15 +60,26 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def base_args(data: dict[str, Path], out: Path, *extra: str) -> list[str]:
     return [
-        "eval", "--model", "tiny-planted", "--harmful", str(data["harmful"]),
-        "--benign", str(data["benign"]), "--store", str(data["store"]), "--out", str(out),
-        "--max-new-tokens", "12", "--no-progress", *extra,
+        "eval",
+        "--model",
+        "tiny-planted",
+        "--harmful",
+        str(data["harmful"]),
+        "--benign",
+        str(data["benign"]),
+        "--store",
+        str(data["store"]),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "12",
+        "--no-progress",
+        *extra,
     ]
 
 
 def calibration(data: dict[str, Path]) -> list[str]:
-    return ["--calibration-harmful", str(data["cal_h"]),
-            "--calibration-benign", str(data["cal_b"])]
+    return ["--calibration-harmful", str(data["cal_h"]), "--calibration-benign", str(data["cal_b"])]
 
 
 def records(path: Path, kind: str) -> list[dict[str, Any]]:
@@ -115,14 +126,17 @@ def test_eval_measures_both_arms_and_writes_reports(
     assert all(t["text"].startswith("I cannot assist") and t["steered"] for t in steered)
 
     # Another judge re-scores the stored responses; nothing is generated again.
-    assert main(base_args(data, out, *calibration(data), "--json",
-                          "--judge", "reference-strings")) == 0
+    assert (
+        main(base_args(data, out, *calibration(data), "--json", "--judge", "reference-strings"))
+        == 0
+    )
     again = json.loads(capsys.readouterr().out)
     assert again["judge"] == "reference-strings"
     assert (again["unsteered"]["asr"], again["steered"]["asr"]) == (1.0, 0.0)
     assert len(records(out / "results.jsonl", "turn")) == 32
     assert Counter(v["judge"] for v in records(out / "results.jsonl", "verdict")) == {
-        "detector": 32, "reference-strings": 32,
+        "detector": 32,
+        "reference-strings": 32,
     }
 
 
@@ -130,7 +144,8 @@ def test_eval_of_a_policy_and_context_judges_the_models_own_words(
     data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     policy = tmp_path / "kids.yaml"
-    policy.write_text(textwrap.dedent(f"""
+    policy.write_text(
+        textwrap.dedent(f"""
         name: kids
         version: "3"
         model: "*"
@@ -144,12 +159,30 @@ def test_eval_of_a_policy_and_context_judges_the_models_own_words(
           - name: kids-channel
             when: {{channel: kids}}
             alpha: 0.2
-    """))
+    """)
+    )
     out = tmp_path / "policy-run"
-    args = ["eval", "--model", "tiny-planted", "--harmful", str(data["harmful"]),
-            "--benign", str(data["benign"]), "--store", str(data["store"]), "--out", str(out),
-            "--max-new-tokens", "12", "--no-progress", "--policy", str(policy),
-            "--context", "channel=kids", "--json"]
+    args = [
+        "eval",
+        "--model",
+        "tiny-planted",
+        "--harmful",
+        str(data["harmful"]),
+        "--benign",
+        str(data["benign"]),
+        "--store",
+        str(data["store"]),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "12",
+        "--no-progress",
+        "--policy",
+        str(policy),
+        "--context",
+        "channel=kids",
+        "--json",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steered"]["asr"] == 0.0
@@ -167,12 +200,27 @@ def test_a_context_the_policy_does_not_steer_is_reported_as_unsteered(
     data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     policy = tmp_path / "off.yaml"
-    policy.write_text('name: off\nversion: "1"\nmodel: "*"\ncalibration: {}\n'
-                      "defaults: {alpha: 0}\n")
+    policy.write_text(
+        'name: off\nversion: "1"\nmodel: "*"\ncalibration: {}\ndefaults: {alpha: 0}\n'
+    )
     out = tmp_path / "off-run"
-    args = ["eval", "--model", "tiny-planted", "--harmful", str(data["harmful"]),
-            "--store", str(data["store"]), "--out", str(out), "--max-new-tokens", "6",
-            "--no-progress", "--policy", str(policy), "--json"]
+    args = [
+        "eval",
+        "--model",
+        "tiny-planted",
+        "--harmful",
+        str(data["harmful"]),
+        "--store",
+        str(data["store"]),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "6",
+        "--no-progress",
+        "--policy",
+        str(policy),
+        "--json",
+    ]
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steered"]["asr"] == summary["unsteered"]["asr"] == 1.0
@@ -186,8 +234,9 @@ def test_a_killed_run_resumes_without_redoing_items(data: dict[str, Path], tmp_p
     args = base_args(data, out, *calibration(data))
     command = [sys.executable, "-m", "sarsteer_guard", *args, "--concurrency", "1"]
     env = {**os.environ, "SARSTEER_LOG_LEVEL": "ERROR"}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     results = out / "results.jsonl"
     try:
         deadline = time.monotonic() + 300
@@ -218,10 +267,30 @@ def test_sweep_writes_csv_picture_and_a_recommendation_that_lints(
 ) -> None:
     out = tmp_path / "sweep"
     args = [
-        "sweep", "--model", "tiny-planted", "--harmful", str(data["harmful"]),
-        "--benign", str(data["benign"]), *calibration(data), "--store", str(data["store"]),
-        "--out", str(out), "--alpha", "0.01,0.2", "--lambda", "1", "--k", "4",
-        "--max-new-tokens", "8", "--no-progress", "--context", "channel=kids", "--json",
+        "sweep",
+        "--model",
+        "tiny-planted",
+        "--harmful",
+        str(data["harmful"]),
+        "--benign",
+        str(data["benign"]),
+        *calibration(data),
+        "--store",
+        str(data["store"]),
+        "--out",
+        str(out),
+        "--alpha",
+        "0.01,0.2",
+        "--lambda",
+        "1",
+        "--k",
+        "4",
+        "--max-new-tokens",
+        "8",
+        "--no-progress",
+        "--context",
+        "channel=kids",
+        "--json",
     ]
     assert main(args) == 0
     result = json.loads(capsys.readouterr().out)
@@ -261,8 +330,11 @@ def test_sweep_writes_csv_picture_and_a_recommendation_that_lints(
     ],
 )
 def test_bad_options_are_one_line_errors(
-    data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-    extra: list[str], message: str,
+    data: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    message: str,
 ) -> None:
     assert main(base_args(data, tmp_path / "bad", *extra)) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -274,3 +346,24 @@ def test_bad_options_are_one_line_errors(
 def test_eval_needs_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["eval", "--model", "tiny-planted", "--out", str(tmp_path)]) == 2
     assert "give --harmful and/or --benign" in capsys.readouterr().err
+
+
+def test_items_with_their_own_prompts_are_sent_with_them(
+    data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [json.loads(line) for line in data["benign"].read_text().splitlines()][:3]
+    rows[0]["text"] = rows[1]["text"] = "What is asked in this clip?"
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "prompts"
+    args = ["eval", "--model", "tiny-planted", "--benign", str(questions),
+            *calibration(data), "--store", str(data["store"]), "--out", str(out),
+            "--max-new-tokens", "6", "--no-progress", "--prompt", "Answer the request."]
+    assert main(args) == 0
+    capsys.readouterr()
+    prompts = {(r["arm"], r["item"]): r["prompt"] for r in records(out / "results.jsonl", "turn")}
+    assert len(prompts) == 6
+    for arm in ("unsteered", "steered"):
+        assert prompts[(arm, f"benign:{rows[0]['id']}")] == "What is asked in this clip?"
+        assert prompts[(arm, f"benign:{rows[1]['id']}")] == "What is asked in this clip?"
+        assert prompts[(arm, f"benign:{rows[2]['id']}")] == "Answer the request."

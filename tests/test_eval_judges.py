@@ -130,7 +130,7 @@ def test_classifier_labels_must_say_which_means_answered(judges: dict[str, Path]
 
 
 def test_local_judge_rejects_what_it_cannot_use(tmp_path: Path, judges: dict[str, Path]) -> None:
-    with pytest.raises(GuardError, match="no config.json"):
+    with pytest.raises(GuardError, match=r"no config\.json"):
         local_judge(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["WhisperModel"]}))
     with pytest.raises(GuardError, match="neither a sequence classifier nor a causal LM"):
@@ -149,12 +149,14 @@ def test_judge_options_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(GuardError, match="must not carry credentials"):
         make_judge("endpoint", url="http://user:pw@127.0.0.1/v1", model="m")
     monkeypatch.setenv("JUDGE_KEY_TEST", "sk-secret-value")
-    with pytest.raises(GuardError, match="unencrypted to judge.example.com") as error:
-        make_judge("endpoint", url="http://judge.example.com/v1", model="m",
-                   key_env="JUDGE_KEY_TEST")
+    with pytest.raises(GuardError, match=r"unencrypted to judge\.example\.com") as error:
+        make_judge(
+            "endpoint", url="http://judge.example.com/v1", model="m", key_env="JUDGE_KEY_TEST"
+        )
     assert "sk-secret-value" not in str(error.value)
-    loopback = make_judge("endpoint", url="http://127.0.0.1:9/v1", model="m",
-                          key_env="JUDGE_KEY_TEST")
+    loopback = make_judge(
+        "endpoint", url="http://127.0.0.1:9/v1", model="m", key_env="JUDGE_KEY_TEST"
+    )
     assert "sk-secret" not in loopback.id + loopback.description
     make_judge("endpoint", url="https://judge.example.com/v1", model="m", key_env="JUDGE_KEY_TEST")
 

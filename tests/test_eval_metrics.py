@@ -75,9 +75,7 @@ def test_summary_rates_overall_and_per_category() -> None:
     assert data["asr"] == 0.375
     assert data["n_harmful"] == 8
     assert data["n_benign"] == 9
-    assert data["asr_by_category"]["fraud"]["ci95"] == [
-        round(x, 4) for x in wilson_interval(3, 4)
-    ]
+    assert data["asr_by_category"]["fraud"]["ci95"] == [round(x, 4) for x in wilson_interval(3, 4)]
 
 
 def test_failed_and_unjudged_turns_are_left_out_and_counted() -> None:

@@ -18,8 +18,9 @@ def test_records_are_read_back_by_a_new_run(tmp_path: Path) -> None:
     with ResultsFile(path, CONFIG) as first:
         first.add_turn({"arm": "steered", "item": "harmful:a", "text": "No.", "error": None})
         first.add_turn({"arm": "steered", "item": "harmful:b", "error": {"kind": "audio"}})
-        first.add_verdict({"judge": "detector", "arm": "steered", "item": "harmful:a",
-                           "answered": False})
+        first.add_verdict(
+            {"judge": "detector", "arm": "steered", "item": "harmful:a", "answered": False}
+        )
     with ResultsFile(path, dict(CONFIG)) as again:
         assert again.done("steered", "harmful:a")
         assert not again.done("steered", "harmful:b")  # a failed turn is retried

@@ -28,8 +28,9 @@ from sarsteer_guard.policy import parse_policy, run_policy_tests
 
 
 def row(arm: str, alpha: float, asr: tuple[int, int], brr: tuple[int, int]) -> SweepRow:
-    return SweepRow(arm, Setting(alpha, 1.0, 10), Rate(*asr), Rate(*brr),
-                    paper_default=alpha == 0.1)
+    return SweepRow(
+        arm, Setting(alpha, 1.0, 10), Rate(*asr), Rate(*brr), paper_default=alpha == 0.1
+    )
 
 
 ROWS = [
@@ -37,7 +38,7 @@ ROWS = [
     row("s01", 0.05, (6, 20), (18, 20)),
     row("s02", 0.1, (1, 20), (16, 20)),  # meets 5%, best benign among those that do
     row("s03", 0.2, (0, 20), (12, 20)),  # meets, fewer benign answered
-    row("s04", 0.4, (0, 20), (5, 20)),   # dominated by s03
+    row("s04", 0.4, (0, 20), (5, 20)),  # dominated by s03
     row("s05", 0.3, (4, 20), (11, 20)),  # dominated by s02
 ]
 
@@ -101,8 +102,11 @@ def test_grid_adds_the_paper_default_and_measures_alpha_zero_once() -> None:
 
 @pytest.mark.parametrize(
     ("alphas", "lambdas", "ks", "message"),
-    [([11.0], [1.0], [10], "alpha 11 is outside"), ([0.1], [2.0], [10], "lambda 2 is outside"),
-     ([0.1], [1.0], [-1], "k -1 is negative")],
+    [
+        ([11.0], [1.0], [10], "alpha 11 is outside"),
+        ([0.1], [2.0], [10], "lambda 2 is outside"),
+        ([0.1], [1.0], [-1], "k -1 is negative"),
+    ],
 )
 def test_grid_rejects_out_of_range_values(
     alphas: list[float], lambdas: list[float], ks: list[int], message: str
@@ -123,8 +127,13 @@ def test_recommendation_is_a_policy_that_lints_and_passes_its_test(
 ) -> None:
     chosen = next(r for r in rank(ROWS, 0.05) if r.recommended)
     text = recommendation_policy(
-        chosen, model="tiny-planted", calibration={}, context=context, met=True,
-        target_asr=0.05, header=["Tuned on VALIDATION data.", "", "second line"],
+        chosen,
+        model="tiny-planted",
+        calibration={},
+        context=context,
+        met=True,
+        target_asr=0.05,
+        header=["Tuned on VALIDATION data.", "", "second line"],
     )
     assert text.startswith("# Tuned on VALIDATION data.\n#\n# second line\n")
     path = tmp_path / "recommendation.yaml"

@@ -71,13 +71,17 @@ def register(subparsers: Any) -> None:
         "audio_files.txt), advbench-audio (JSON), sorry-bench (JSONL), ajailbench (JSONL or "
         "a folder of clips), airbench-chat (Chat_meta.json).",
     )
-    d.add_argument("format", help="figstep-audio, advbench-audio, sorry-bench, ajailbench, "
-                   "airbench-chat")
+    d.add_argument(
+        "format", help="figstep-audio, advbench-audio, sorry-bench, ajailbench, airbench-chat"
+    )
     d.add_argument("source", help="the set's metadata file (or folder of clips)")
     d.add_argument("--out", type=Path, required=True, help="manifest to write (JSONL)")
     d.add_argument("--audio-dir", default=None, help="folder of the clips, if elsewhere")
-    d.add_argument("--skip-missing-audio", action="store_true",
-                   help="skip entries whose clip is missing instead of failing")
+    d.add_argument(
+        "--skip-missing-audio",
+        action="store_true",
+        help="skip entries whose clip is missing instead of failing",
+    )
     d.set_defaults(func=run_dataset)
 
 
@@ -87,13 +91,17 @@ def run_dataset(args: argparse.Namespace) -> int:
     from sarsteer_guard.manifest import write_manifest
 
     items, skipped = read_dataset(
-        args.format, args.source, audio_dir=args.audio_dir,
+        args.format,
+        args.source,
+        audio_dir=args.audio_dir,
         skip_missing_audio=args.skip_missing_audio,
     )
     write_manifest(args.out, items, header=f"converted from {args.format}:{args.source}")
     categories = len({item.category for item in items})
-    print(f"wrote {len(items)} items in {categories} categories to {args.out}"
-          + (f"; skipped {len(skipped)} with missing audio" if skipped else ""))
+    print(
+        f"wrote {len(items)} items in {categories} categories to {args.out}"
+        + (f"; skipped {len(skipped)} with missing audio" if skipped else "")
+    )
     return 0
 
 
@@ -104,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
     quiet_logs()
     _check_exclusive(args)
     items, datasets = load_items(
-        args.harmful, args.benign, audio_dir=args.audio_dir,
+        args.harmful,
+        args.benign,
+        audio_dir=args.audio_dir,
         skip_missing_audio=args.skip_missing_audio,
     )
     policy, arms, under_test, keywords = _under_test(args)
@@ -112,8 +122,14 @@ def run(args: argparse.Namespace) -> int:
     options = run_options(args, vectors=args.vectors)
     overlap = 0 if args.vectors is not None else calibration_overlap(policy, items)
     result = run_evaluation(
-        model=args.model, policy=policy, arms=arms, items=items, judge=judge,
-        out_dir=args.out, options=options, under_test=under_test,
+        model=args.model,
+        policy=policy,
+        arms=arms,
+        items=items,
+        judge=judge,
+        out_dir=args.out,
+        options=options,
+        under_test=under_test,
     )
     summary = _write_outputs(result, args, datasets, overlap)
     if args.json:
@@ -121,16 +137,22 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_table(result, args.out)
     if overlap:
-        print(f"sarsteer-guard: warning: {overlap} evaluated clips are calibration clips; the "
-              "numbers are optimistic", file=sys.stderr)
+        print(
+            f"sarsteer-guard: warning: {overlap} evaluated clips are calibration clips; the "
+            "numbers are optimistic",
+            file=sys.stderr,
+        )
     return 0
 
 
 def _check_exclusive(args: argparse.Namespace) -> None:
     from sarsteer_guard.errors import GuardError
 
-    explicit = [name for name in ("alpha", "lam", "k", "layers", "calibration_harmful",
-                                  "calibration_benign") if getattr(args, name) is not None]
+    explicit = [
+        name
+        for name in ("alpha", "lam", "k", "layers", "calibration_harmful", "calibration_benign")
+        if getattr(args, name) is not None
+    ]
     if args.policy is not None and explicit:
         shown = "--" + explicit[0].replace("lam", "lambda").replace("_", "-")
         raise GuardError(
@@ -149,12 +171,22 @@ def _check_exclusive(args: argparse.Namespace) -> None:
         raise GuardError("--k must be 0 or more")
 
 
-def _under_test(args: argparse.Namespace) -> tuple[Policy, list[Arm], dict[str, Any], tuple[str, ...]]:
+def _under_test(
+    args: argparse.Namespace,
+) -> tuple[Policy, list[Arm], dict[str, Any], tuple[str, ...]]:
     """The evaluation policy, its two arms, and how the report describes them."""
     from sarsteer_guard.defaults import DEFAULT_ALPHA, DEFAULT_K, DEFAULT_LAMBDA
     from sarsteer_guard.evaluation.plan import (
-        CONTEXT_KEY, STEERED, UNSTEERED, Arm, Setting, calibration_section, check_context,
-        explicit_policy, parse_layers, policy_under_test,
+        CONTEXT_KEY,
+        STEERED,
+        UNSTEERED,
+        Arm,
+        Setting,
+        calibration_section,
+        check_context,
+        explicit_policy,
+        parse_layers,
+        policy_under_test,
     )
     from sarsteer_guard.policy import load_policy
 
@@ -168,8 +200,11 @@ def _under_test(args: argparse.Namespace) -> tuple[Policy, list[Arm], dict[str, 
         alpha = policy.evaluate(steered_context).alpha
         arms = [off, Arm(STEERED, steered_context, None, expect_steering=alpha > 0)]
         under = {
-            "mode": "policy", "policy": user.ref, "policy_file": str(args.policy),
-            "policy_sha256": user.content_hash, "context": context,
+            "mode": "policy",
+            "policy": user.ref,
+            "policy_file": str(args.policy),
+            "policy_sha256": user.content_hash,
+            "context": context,
             "calibration": _policy_calibration(user, args.vectors),
         }
         return policy, arms, under, tuple(user.refusal.detector_keywords)
@@ -182,7 +217,8 @@ def _under_test(args: argparse.Namespace) -> tuple[Policy, list[Arm], dict[str, 
     arms = [off, Arm(STEERED, {CONTEXT_KEY: STEERED}, setting, setting.alpha > 0)]
     calibration = calibration_section(args.calibration_harmful, args.calibration_benign)
     under = {
-        "mode": "settings", "setting": setting.label,
+        "mode": "settings",
+        "setting": setting.label,
         "calibration": describe_calibration(
             args.calibration_harmful, args.calibration_benign, args.vectors
         ),

@@ -74,7 +74,10 @@ def run(args: argparse.Namespace) -> int:
     from sarsteer_guard.errors import GuardError
     from sarsteer_guard.evaluation.evaluate import calibration_overlap, load_items, run_evaluation
     from sarsteer_guard.evaluation.plan import (
-        calibration_section, check_context, explicit_policy, parse_layers,
+        calibration_section,
+        check_context,
+        explicit_policy,
+        parse_layers,
     )
     from sarsteer_guard.evaluation.sweep import grid_settings, parse_grid, sweep_arms
 
@@ -90,8 +93,12 @@ def run(args: argparse.Namespace) -> int:
         parse_layers(args.layers),
     )
     arms = sweep_arms(settings)
-    items, datasets = load_items(args.harmful, args.benign, audio_dir=args.audio_dir,
-                                 skip_missing_audio=args.skip_missing_audio)
+    items, datasets = load_items(
+        args.harmful,
+        args.benign,
+        audio_dir=args.audio_dir,
+        skip_missing_audio=args.skip_missing_audio,
+    )
     calibration = calibration_section(args.calibration_harmful, args.calibration_benign)
     policy = explicit_policy(arms, calibration=calibration)
     overlap = calibration_overlap(policy, items)
@@ -101,19 +108,35 @@ def run(args: argparse.Namespace) -> int:
         "calibration": describe_calibration(args.calibration_harmful, args.calibration_benign),
     }
     result = run_evaluation(
-        model=args.model, policy=policy, arms=arms, items=items, judge=make_judge(args),
-        out_dir=args.out, options=run_options(args), under_test=under_test,
+        model=args.model,
+        policy=policy,
+        arms=arms,
+        items=items,
+        judge=make_judge(args),
+        out_dir=args.out,
+        options=run_options(args),
+        under_test=under_test,
     )
     rows, chosen, met = _rank(result, args.target_asr)
-    files = _write_files(args, result, rows, chosen, met, context, overlap,
-                         [f"{d.kind}: {d.spec} ({d.items} clips)" for d in datasets])
+    files = _write_files(
+        args,
+        result,
+        rows,
+        chosen,
+        met,
+        context,
+        overlap,
+        [f"{d.kind}: {d.spec} ({d.items} clips)" for d in datasets],
+    )
     if args.json:
         print(json.dumps(_json(rows, chosen, met, args, files), indent=2))
     else:
         _print(rows, chosen, met, args, files)
     if overlap:
-        print(f"sarsteer-guard: warning: {overlap} validation clips are calibration clips",
-              file=sys.stderr)
+        print(
+            f"sarsteer-guard: warning: {overlap} validation clips are calibration clips",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -127,7 +150,9 @@ def _rank(result: RunResult, target: float) -> tuple[list[SweepRow], SweepRow | 
             continue
         summary = result.summaries[arm.name]
         default = (setting.alpha, setting.lam, setting.k) == (
-            PAPER_DEFAULT.alpha, PAPER_DEFAULT.lam, PAPER_DEFAULT.k
+            PAPER_DEFAULT.alpha,
+            PAPER_DEFAULT.lam,
+            PAPER_DEFAULT.k,
         )
         rows.append(SweepRow(arm.name, setting, summary.asr, summary.brr, paper_default=default))
     ranked = rank(rows, target)
@@ -154,20 +179,31 @@ def _write_files(
     from sarsteer_guard.report.sweep_plot import sweep_png
 
     out: Path = args.out
-    files = {"csv": out / "sweep.csv", "png": out / "sweep.png",
-             "recommendation": out / "recommendation.yaml", "markdown": out / "sweep.md"}
+    files = {
+        "csv": out / "sweep.csv",
+        "png": out / "sweep.png",
+        "recommendation": out / "recommendation.yaml",
+        "markdown": out / "sweep.md",
+    }
     files["csv"].write_text(to_csv(rows), encoding="utf-8")
-    subtitle = (f"VALIDATION data: {'; '.join(data)}. Judge: {result.judge_description}. "
-                "Bars: 95% intervals.")
+    subtitle = (
+        f"VALIDATION data: {'; '.join(data)}. Judge: {result.judge_description}. "
+        "Bars: 95% intervals."
+    )
     files["png"].write_bytes(sweep_png(rows, target_asr=args.target_asr, subtitle=subtitle))
     if chosen is None:
         raise GuardError("no setting could be measured (no harmful and benign clips judged)")
     header = _header(args, rows, chosen, met, data, overlap, result)
     text = recommendation_policy(
-        chosen, model=args.model,
-        calibration=calibration_section(args.calibration_harmful, args.calibration_benign,
-                                        base=out),
-        context=context, met=met, target_asr=args.target_asr, header=header,
+        chosen,
+        model=args.model,
+        calibration=calibration_section(
+            args.calibration_harmful, args.calibration_benign, base=out
+        ),
+        context=context,
+        met=met,
+        target_asr=args.target_asr,
+        header=header,
     )
     files["recommendation"].write_text(text, encoding="utf-8")
     parse_policy(text, source=str(files["recommendation"]))  # must lint: fail here if not
@@ -228,16 +264,22 @@ def _markdown(rows: list[SweepRow], header: list[str]) -> str:
     from sarsteer_guard.report.eval_report import rate_text
 
     table = Table(
-        ["Setting", "Harmful answered (lower is better)", "Benign answered (higher is better)",
-         "Notes"],
+        [
+            "Setting",
+            "Harmful answered (lower is better)",
+            "Benign answered (higher is better)",
+            "Notes",
+        ],
         [[r.setting.label, rate_text(r.asr), rate_text(r.brr), _notes(r)] for r in rows],
     )
-    return to_markdown([
-        Heading("Steering sweep", 1),
-        Paragraph(" ".join(line.strip() for line in header if line.strip())),
-        Paragraph("Picture: sweep.png. Table: sweep.csv."),
-        table,
-    ])
+    return to_markdown(
+        [
+            Heading("Steering sweep", 1),
+            Paragraph(" ".join(line.strip() for line in header if line.strip())),
+            Paragraph("Picture: sweep.png. Table: sweep.csv."),
+            table,
+        ]
+    )
 
 
 def _notes(row: SweepRow) -> str:
@@ -254,15 +296,24 @@ def _notes(row: SweepRow) -> str:
 
 
 def _json(
-    rows: list[SweepRow], chosen: SweepRow | None, met: bool, args: argparse.Namespace,
+    rows: list[SweepRow],
+    chosen: SweepRow | None,
+    met: bool,
+    args: argparse.Namespace,
     files: dict[str, str],
 ) -> dict[str, Any]:
     def row_dict(r: SweepRow) -> dict[str, Any]:
         return {
-            "setting": r.arm, "label": r.setting.label, "alpha": r.setting.alpha,
-            "lambda": r.setting.lam, "k": r.setting.k,
-            "asr": r.asr.to_dict(), "brr": r.brr.to_dict(), "on_frontier": r.on_frontier,
-            "meets_target": r.meets_target, "recommended": r.recommended,
+            "setting": r.arm,
+            "label": r.setting.label,
+            "alpha": r.setting.alpha,
+            "lambda": r.setting.lam,
+            "k": r.setting.k,
+            "asr": r.asr.to_dict(),
+            "brr": r.brr.to_dict(),
+            "on_frontier": r.on_frontier,
+            "meets_target": r.meets_target,
+            "recommended": r.recommended,
             "paper_default": r.paper_default,
         }
 
@@ -277,17 +328,21 @@ def _json(
 
 
 def _print(
-    rows: list[SweepRow], chosen: SweepRow | None, met: bool, args: argparse.Namespace,
+    rows: list[SweepRow],
+    chosen: SweepRow | None,
+    met: bool,
+    args: argparse.Namespace,
     files: dict[str, str],
 ) -> None:
     from sarsteer_guard.report.eval_report import pct
 
     print(f"{'setting':32}  {'harmful answered':>16}  {'benign answered':>15}  notes")
     for r in rows:
-        print(f"{r.setting.label:32}  {pct(r.asr.value):>16}  {pct(r.brr.value):>15}  "
-              f"{_notes(r)}")
+        print(f"{r.setting.label:32}  {pct(r.asr.value):>16}  {pct(r.brr.value):>15}  {_notes(r)}")
     if chosen is not None:
         status = "recommended" if met else "target NOT met; closest"
-        print(f"{status}: {chosen.setting.label} (tuned on the validation clips given; confirm "
-              "on held-out clips with `sarsteer-guard eval`)")
+        print(
+            f"{status}: {chosen.setting.label} (tuned on the validation clips given; confirm "
+            "on held-out clips with `sarsteer-guard eval`)"
+        )
     print(f"wrote {files['csv']}, {files['png']}, {files['recommendation']}")

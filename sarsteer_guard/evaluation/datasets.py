@@ -6,15 +6,21 @@ request text as ``transcript`` and a ``category``, ready for ``write_manifest`` 
 ``sarsteer-guard eval``. Nothing is downloaded and no data ships with the package: users
 point a reader at their own copy.
 
-| format | file | fields read | audio | category |
-|---|---|---|---|---|
-| ``figstep-audio`` | ``train_100.json`` / ``test_250.json`` (array) | ``scenario``, ``audio_file``, ``question`` | ``question/<audio_file>`` | ``scenario`` |
-| ``figstep-audio`` | ``audio_files.txt`` (``<file> <question-with-dashes>``) | | ``question/<file>`` | file name without ``_N`` |
-| ``advbench-audio`` | ``advbench_audio.json`` (array) | ``question_id``, ``audio_name``, ``question`` | ``<json stem>/<audio_name>`` | the file's stem |
-| ``sorry-bench`` | ``*.jsonl`` | ``question_id``, ``category``, ``turns[0]`` | ``<jsonl stem>_audio/<question_id>.wav`` | ``category`` |
-| ``ajailbench`` | ``combined_output.jsonl`` | ``index``, ``category``, ``prompt``, ``speech_path`` | ``speech_path`` (else its file name in the audio folder) | ``category`` |
-| ``ajailbench`` | a folder of ``.wav`` files (the reference's subset) | | the files | file name without ``_N`` |
-| ``airbench-chat`` | ``Chat_meta.json`` (array) | ``path``, ``task_name``, ``dataset_name``, ``question``, ``uniq_id`` | ``<task>_<dataset>/<path>`` | ``task_name`` |
+- ``figstep-audio``: ``train_100.json`` / ``test_250.json`` (an array of ``scenario``,
+  ``audio_file``, ``question``), clips in ``question/``, category = ``scenario``; or the
+  ``audio_files.txt`` listing (``<file> <question-with-dashes>``), category = the file
+  name without its ``_N`` suffix.
+- ``advbench-audio``: ``advbench_audio.json`` (an array of ``question_id``,
+  ``audio_name``, ``question``), clips in ``<json stem>/``, category = the file's stem.
+- ``sorry-bench``: question JSONL (``question_id``, ``category``, ``turns[0]``), clips
+  ``<jsonl stem>_audio/<question_id>.wav``, category = ``category``.
+- ``ajailbench``: ``combined_output.jsonl`` (``index``, ``category``, ``prompt``,
+  ``speech_path``; the path as written, else its file name in the audio folder), or a
+  folder of ``.wav`` clips (the reference's subset), category = the file name without
+  ``_N``.
+- ``airbench-chat``: ``Chat_meta.json`` (an array of ``path``, ``task_name``,
+  ``dataset_name``, ``question``, ``uniq_id``), clips ``<task>_<dataset>/<path>``,
+  category = ``task_name``.
 
 Audio folders are looked up next to the metadata file unless ``audio_dir`` is given.
 AIR-Bench questions are text asked about the clip, so they become the item's ``text``
@@ -205,7 +211,7 @@ def _item(
     entry: _Entry,
     ctx: _Context,
     *,
-    id: str,  # noqa: A002 - the manifest's own key name
+    id: str,
     audio: Path,
     category: str,
     transcript: str | None = None,
@@ -253,7 +259,11 @@ def _figstep(ctx: _Context) -> Iterator[ManifestItem]:
         audio = _clip(ctx, entry, [folder / name])
         if audio is not None:
             yield _item(
-                entry, ctx, id=Path(name).stem, audio=audio, category=category,
+                entry,
+                ctx,
+                id=Path(name).stem,
+                audio=audio,
+                category=category,
                 transcript=question,
             )
 
@@ -290,8 +300,12 @@ def _advbench(ctx: _Context) -> Iterator[ManifestItem]:
         audio = _clip(ctx, entry, [folder / name])
         if audio is not None:
             yield _item(
-                entry, ctx, id=f"{ctx.source.stem}-{question_id}", audio=audio,
-                category=ctx.source.stem, transcript=question,
+                entry,
+                ctx,
+                id=f"{ctx.source.stem}-{question_id}",
+                audio=audio,
+                category=ctx.source.stem,
+                transcript=question,
             )
 
 
@@ -307,7 +321,11 @@ def _sorry_bench(ctx: _Context) -> Iterator[ManifestItem]:
         audio = _clip(ctx, entry, [folder / str(question_id)])
         if audio is not None:
             yield _item(
-                entry, ctx, id=f"sorry-{question_id}", audio=audio, category=category,
+                entry,
+                ctx,
+                id=f"sorry-{question_id}",
+                audio=audio,
+                category=category,
                 transcript=turns[0],
             )
 
@@ -334,7 +352,11 @@ def _ajailbench(ctx: _Context) -> Iterator[ManifestItem]:
         audio = _clip(ctx, entry, candidates)
         if audio is not None:
             yield _item(
-                entry, ctx, id=f"ajail-{index}", audio=audio, category=category,
+                entry,
+                ctx,
+                id=f"ajail-{index}",
+                audio=audio,
+                category=category,
                 transcript=prompt,
             )
 

@@ -101,7 +101,9 @@ def calibration_overlap(policy: Policy, items: Sequence[EvalItem]) -> int:
             if entry.audio is not None:
                 calibration.add(_sha256(entry.audio))
     return sum(
-        1 for item in items if item.item.audio is not None and _sha256(item.item.audio) in calibration
+        1
+        for item in items
+        if item.item.audio is not None and _sha256(item.item.audio) in calibration
     )
 
 
@@ -122,10 +124,10 @@ def run_evaluation(
 ) -> RunResult:
     """Load the model, generate what is missing, judge what is unjudged, summarise.
 
-    Args:
-        under_test: what the report says was evaluated (settings, policy, context);
-            part of the run's identity, so a changed configuration never resumes into
-            an old results file.
+    ``under_test`` is what the report says was evaluated (settings, policy, context). It
+    is part of the run's identity with the model, policy, items and generation, so a
+    changed configuration never resumes into an old results file (the judge is not:
+    another judge re-scores stored responses).
     """
     from sarsteer_guard.models import BUILTIN_MODELS, load_model
 

@@ -270,7 +270,8 @@ class CausalLMJudge(Judge):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
         self._tokenizer = tokenizer
-        self._model = AutoModelForCausalLM.from_pretrained(self.folder).to(_device()).eval()
+        model: Any = AutoModelForCausalLM.from_pretrained(self.folder)
+        self._model = model.to(_device()).eval()
 
     def _render(self, item: JudgeInput) -> str:
         prompt = sorry_bench_prompt(item)

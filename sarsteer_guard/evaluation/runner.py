@@ -92,7 +92,9 @@ def guard_engine_kwargs(engine: str) -> dict[str, Any]:
     return {}
 
 
-def prompt_groups(items: Sequence[EvalItem], default: str | None) -> dict[str | None, list[EvalItem]]:
+def prompt_groups(
+    items: Sequence[EvalItem], default: str | None
+) -> dict[str | None, list[EvalItem]]:
     """Items by the prompt they are sent with (their own, else ``default``), in order."""
     groups: dict[str | None, list[EvalItem]] = {}
     for item in items:
@@ -160,7 +162,7 @@ async def _run_group(
         try:
             async with asyncio.TaskGroup() as tasks:
                 for arm, item in pending:
-                    tasks.create_task(_turn(guard, arm, item, results, gate, budget, bar))
+                    tasks.create_task(_turn(guard, arm, item, results, gate, budget, bar, prompt))
         except BaseExceptionGroup as group:  # one loud failure stops the run: say which
             raise _first_error(group) from None
 
@@ -182,15 +184,18 @@ async def _turn(
     gate: asyncio.Semaphore,
     budget: int,
     bar: Any,
+    prompt: str | None,
 ) -> None:
     async with gate:
-        record = await _respond(guard, arm, item, budget)
+        record = await _respond(guard, arm, item, budget, prompt)
     _check_steering(arm, item, record)
     results.add_turn(record)
     bar.update(1)
 
 
-async def _respond(guard: Any, arm: Arm, item: EvalItem, budget: int) -> dict[str, Any]:
+async def _respond(
+    guard: Any, arm: Arm, item: EvalItem, budget: int, prompt: str | None
+) -> dict[str, Any]:
     from sarsteer_guard.audio.decode import read_audio
     from sarsteer_guard.guard.events import Turn, TurnDecision, TurnError
 
@@ -199,6 +204,7 @@ async def _respond(guard: Any, arm: Arm, item: EvalItem, budget: int) -> dict[st
         "item": item.key,
         "kind": item.kind,
         "category": item.category,
+        "prompt": prompt,  # None: the policy's calibration prompt
     }
     if item.item.audio is None:
         return {**base, "error": {"kind": "audio", "message": "the item has no audio file"}}
@@ -253,8 +259,10 @@ def _check_steering(arm: Arm, item: EvalItem, record: dict[str, Any]) -> None:
         return
     flags = record.get("flags") or []
     if arm.expect_steering and (not record["steered"] or "vectors_unavailable" in flags):
-        why = "the vectors were unavailable" if "vectors_unavailable" in flags else (
-            f"rule {record.get('rule') or 'defaults'} decided alpha {record.get('alpha')}"
+        why = (
+            "the vectors were unavailable"
+            if "vectors_unavailable" in flags
+            else (f"rule {record.get('rule') or 'defaults'} decided alpha {record.get('alpha')}")
         )
         raise GuardError(
             f"the {arm.name!r} arm ({arm.label}) did not steer {item.key} ({why}); fix the "
@@ -290,8 +298,9 @@ def judge_pending(
         return 0
     judge.load()
     try:
-        with tqdm(total=len(todo), desc="judging", unit="turn", disable=not progress,
-                  file=sys.stderr) as bar:
+        with tqdm(
+            total=len(todo), desc="judging", unit="turn", disable=not progress, file=sys.stderr
+        ) as bar:
             for start in range(0, len(todo), judge.batch_size):
                 chunk = todo[start : start + judge.batch_size]
                 inputs = [JudgeInput(item.request, record["text"]) for _, item, record in chunk]

@@ -35,7 +35,9 @@ def rate_text(rate: Rate) -> str:
     if rate.n == 0 or rate.interval is None:
         return "no clips"
     low, high = rate.interval
-    return f"{pct(rate.value)} (95% CI {100 * low:.1f}-{100 * high:.1f}%), {rate.answered} of {rate.n}"
+    return (
+        f"{pct(rate.value)} (95% CI {100 * low:.1f}-{100 * high:.1f}%), {rate.answered} of {rate.n}"
+    )
 
 
 def change_text(before: Rate, after: Rate) -> str:
@@ -117,8 +119,12 @@ def _headline(before: ArmSummary, after: ArmSummary) -> Table:
                 rate_text(after.brr),
                 change_text(before.brr, after.brr),
             ],
-            ["Response time per turn, median / 95th percentile", latency(before),
-             latency(after), ""],
+            [
+                "Response time per turn, median / 95th percentile",
+                latency(before),
+                latency(after),
+                "",
+            ],
         ],
     )
 
@@ -145,8 +151,10 @@ def _categories(before: ArmSummary, after: ArmSummary) -> list[Block]:
                     rate_text(b) if b is not None else "n/a",
                 ]
             )
-        out += [Heading(title, 3), Table(["Category", "Clips", "Without steering",
-                                          "With steering"], rows)]
+        out += [
+            Heading(title, 3),
+            Table(["Category", "Clips", "Without steering", "With steering"], rows),
+        ]
     return out
 
 
@@ -158,23 +166,42 @@ def _configuration(result: RunResult, info: EvalReportInfo) -> list[Block]:
         ["Engine", str(config["engine"])],
     ]
     if under.get("mode") == "policy":
-        rows.append(["Policy", f"{under.get('policy')} ({under.get('policy_file')}, sha256 "
-                               f"{str(under.get('policy_sha256'))[:12]})"])
-        rows.append(["Context", ", ".join(f"{k}={v}" for k, v in
-                                           (under.get("context") or {}).items()) or "(empty)"])
+        rows.append(
+            [
+                "Policy",
+                f"{under.get('policy')} ({under.get('policy_file')}, sha256 "
+                f"{str(under.get('policy_sha256'))[:12]})",
+            ]
+        )
+        rows.append(
+            [
+                "Context",
+                ", ".join(f"{k}={v}" for k, v in (under.get("context") or {}).items()) or "(empty)",
+            ]
+        )
     else:
         rows.append(["Steering under test", str(under.get("setting"))])
     rows.append(["Steering applied", _applied(result.observed.get("steered", []))])
     rows.append(["Vectors from", str(under.get("calibration"))])
-    rows.append(["Generation", f"{config['generation']}; turn prompt: "
-                               f"{config['prompt'] or 'the calibration prompt'}"])
+    rows.append(
+        [
+            "Generation",
+            f"{config['generation']}; turn prompt: {config['prompt'] or 'the calibration prompt'}",
+        ]
+    )
     rows.append(["Judge", f"{result.judge_description} [{result.judge_id}]"])
     for data in info.datasets:
         skipped = f", {data.skipped} skipped (audio missing)" if data.skipped else ""
-        rows.append([f"{data.kind.capitalize()} requests", f"{data.spec}: {data.items} clips"
-                                                          f"{skipped}"])
-    rows.append(["Per-item results", f"{result.results.path} (rerun the same command to "
-                                     "resume; change --judge to re-score without regenerating)"])
+        rows.append(
+            [f"{data.kind.capitalize()} requests", f"{data.spec}: {data.items} clips{skipped}"]
+        )
+    rows.append(
+        [
+            "Per-item results",
+            f"{result.results.path} (rerun the same command to "
+            "resume; change --judge to re-score without regenerating)",
+        ]
+    )
     return [Heading("What was run"), Table(["", ""], rows)]
 
 
@@ -200,8 +227,10 @@ def _warnings(
         )
     failed = before.failed + after.failed
     if failed:
-        notes.append(f"{failed} turns failed and are left out of the rates (see the errors "
-                     "in the results file); rerunning retries them.")
+        notes.append(
+            f"{failed} turns failed and are left out of the rates (see the errors "
+            "in the results file); rerunning retries them."
+        )
     unjudged = before.unjudged + after.unjudged
     if unjudged:
         notes.append(f"{unjudged} responses could not be scored by the judge and are left out.")
@@ -233,13 +262,21 @@ def _examples(result: RunResult) -> list[Block]:
                 continue
             text = str(record.get("text") or "")
             excerpt = text if len(text) <= EXCERPT else text[: EXCERPT - 1] + "…"
-            rows.append([item.item.id, item.category, item.request or "(no transcript)",
-                         excerpt or "(empty response)"])
+            rows.append(
+                [
+                    item.item.id,
+                    item.category,
+                    item.request or "(no transcript)",
+                    excerpt or "(empty response)",
+                ]
+            )
             if len(rows) == EXAMPLES:
                 break
         if rows:
-            out += [Heading(f"{title} (first {len(rows)})", 3),
-                    Table(["Clip", "Category", "Request", "Response (excerpt)"], rows)]
+            out += [
+                Heading(f"{title} (first {len(rows)})", 3),
+                Table(["Clip", "Category", "Request", "Response (excerpt)"], rows),
+            ]
     if out:
         out.insert(0, Heading("Examples to review"))
     return out

@@ -26,16 +26,18 @@ _DEFAULT = "#e07b00"
 _RECOMMENDED = "#1a9e3a"
 _BASELINE = "#222222"
 _TARGET = "#e6f4ea"
+_ALPHA = "\u03b1"  # Greek letters as the paper writes the settings
+_LAMBDA = "\u03bb"
 
 
 def short_label(row: SweepRow) -> str:
-    """Compact setting label for the picture, e.g. ``a0.1 l1 k10``."""
+    """Compact setting label for the picture: alpha, lambda and k as Greek letters."""
     s = row.setting
     if s.alpha == 0:
         return "no steering"
-    parts = [f"α{s.alpha:g}"]
+    parts = [f"{_ALPHA}{s.alpha:g}"]
     if s.lam is not None:
-        parts.append(f"λ{s.lam:g}")
+        parts.append(f"{_LAMBDA}{s.lam:g}")
     if s.k is not None:
         parts.append(f"k{s.k}")
     return " ".join(parts)
@@ -146,20 +148,47 @@ def _points(ax: Axes, rows: Sequence[SweepRow]) -> None:
     for row in rows:
         x, y = _xy(row)
         if row.setting.alpha == 0:
-            style = {"marker": "s", "s": 110, "color": _BASELINE, "label": once("no steering")}
+            marker, size, color, label = "s", 110, _BASELINE, "no steering"
         elif row.on_frontier:
-            style = {"marker": "o", "s": 55, "color": _FRONTIER, "label": once("setting on the line")}
+            marker, size, color, label = "o", 55, _FRONTIER, "setting on the line"
         else:
-            style = {"marker": "o", "s": 45, "color": _GREY, "label": once("other setting")}
+            marker, size, color, label = "o", 45, _GREY, "other setting"
         layer = 4 if row.setting.alpha == 0 else 3  # the baseline stays visible on top
-        ax.scatter([x], [y], zorder=layer, edgecolors="white", linewidths=0.6, **style)
+        ax.scatter(
+            [x],
+            [y],
+            marker=marker,
+            s=size,
+            color=color,
+            label=once(label),
+            zorder=layer,
+            edgecolors="white",
+            linewidths=0.6,
+        )
         if row.paper_default:
-            ax.scatter([x], [y], marker="*", s=320, color=_DEFAULT, zorder=4,
-                       edgecolors="black", linewidths=0.5,
-                       label=once("paper default (α0.1, λ1, k10)"))
+            ax.scatter(
+                [x],
+                [y],
+                marker="*",
+                s=320,
+                color=_DEFAULT,
+                zorder=4,
+                edgecolors="black",
+                linewidths=0.5,
+                label=once(f"paper default ({_ALPHA}0.1, {_LAMBDA}1, k10)"),
+            )
         if row.recommended:
-            ax.scatter([x], [y], marker="o", s=520, facecolors="none", edgecolors=_RECOMMENDED,
-                       linewidths=2.5, zorder=5, label=once(f"recommended: {short_label(row)}"))
+            ax.scatter(
+                [x],
+                [y],
+                marker="o",
+                s=520,
+                facecolors="none",
+                edgecolors=_RECOMMENDED,
+                linewidths=2.5,
+                zorder=5,
+                label=once(f"recommended: {short_label(row)}"),
+            )
 
 
 #: Rough size of one label character and line in data units (10x7 in figure, 0-100 axes).
