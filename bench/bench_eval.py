@@ -100,6 +100,10 @@ def main() -> None:
     samples = interleaved(
         {"concurrent_16": lambda: run(16), "one_at_a_time": lambda: run(1)}, args.rounds
     )
+    emit(_result(samples, turns, args), out)
+
+
+def _result(samples: dict[str, list[Any]], turns: int, args: Any) -> dict[str, Any]:
     modes = {
         name: {
             "wall_s_median": round(statistics.median(values), 3),
@@ -108,7 +112,7 @@ def main() -> None:
         }
         for name, values in samples.items()
     }
-    result = {
+    return {
         "benchmark": "eval",
         "description": "eval generation turns/s: 16 turns in flight vs one at a time, same run",
         "machine": machine_info(),
@@ -126,7 +130,6 @@ def main() -> None:
             modes["one_at_a_time"]["turns_per_s_median"],
         ),
     }
-    emit(result, out)
 
 
 if __name__ == "__main__":

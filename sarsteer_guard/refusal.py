@@ -11,9 +11,9 @@ Two lists live here, and they are not the same thing:
 - :data:`REFERENCE_REFUSAL_SIGNALS` is the string-match judge of the SARSteer reference
   evaluation (arXiv 2510.17633): 43 signals matched **case-sensitively** as substrings
   (with the curly apostrophe U+2019 exactly as written there), a response scoring 1
-  (= refusal) when any signal occurs. :func:`reference_refusal_signal` applies it; the
-  ``evaluate`` tools offer it as the ``reference-strings`` judge so results can be set
-  beside the paper's. It is broad ("avoid", "regret", "As an", "Hello!") and so counts
+  (= refusal) when any signal occurs. :func:`reference_refusal_signal` applies it, and
+  ``sarsteer-guard eval --judge reference-strings`` uses it, so results can be set beside
+  the paper's. It is broad ("avoid", "regret", "As an", "Hello!") and so counts
   some helpful answers as refusals; the reference scored attack success with a model judge.
 """
 

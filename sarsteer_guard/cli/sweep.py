@@ -29,6 +29,7 @@ from sarsteer_guard.cli._eval_common import (
 
 if TYPE_CHECKING:
     from sarsteer_guard.evaluation.evaluate import RunResult
+    from sarsteer_guard.evaluation.plan import Arm, Setting
     from sarsteer_guard.evaluation.sweep import SweepRow
 
 
@@ -71,28 +72,12 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the grid, rank the settings, write the files, print the recommendation."""
-    from sarsteer_guard.errors import GuardError
     from sarsteer_guard.evaluation.evaluate import calibration_overlap, load_items, run_evaluation
-    from sarsteer_guard.evaluation.plan import (
-        calibration_section,
-        check_context,
-        explicit_policy,
-        parse_layers,
-    )
-    from sarsteer_guard.evaluation.sweep import grid_settings, parse_grid, sweep_arms
+    from sarsteer_guard.evaluation.plan import calibration_section, explicit_policy
 
     quiet_logs()
-    if not 0 <= args.target_asr <= 1:
-        raise GuardError("--target-asr is a share between 0 and 1, e.g. 0.05 for 5%")
-    context = parse_context(args.context)
-    check_context(context)
-    settings = grid_settings(
-        parse_grid(args.alpha, float, "alpha"),
-        parse_grid(args.lam, float, "lambda"),
-        parse_grid(args.k, int, "k"),
-        parse_layers(args.layers),
-    )
-    arms = sweep_arms(settings)
+    context, settings, arms = _grid(args)
+    judge, options = make_judge(args), run_options(args)  # checked before anything loads
     items, datasets = load_items(
         args.harmful,
         args.benign,
@@ -112,22 +97,14 @@ def run(args: argparse.Namespace) -> int:
         policy=policy,
         arms=arms,
         items=items,
-        judge=make_judge(args),
+        judge=judge,
         out_dir=args.out,
-        options=run_options(args),
+        options=options,
         under_test=under_test,
     )
     rows, chosen, met = _rank(result, args.target_asr)
-    files = _write_files(
-        args,
-        result,
-        rows,
-        chosen,
-        met,
-        context,
-        overlap,
-        [f"{d.kind}: {d.spec} ({d.items} clips)" for d in datasets],
-    )
+    data = [f"{d.kind}: {d.spec} ({d.items} clips)" for d in datasets]
+    files = _write_files(args, result, rows, chosen, met, context, overlap, data)
     if args.json:
         print(json.dumps(_json(rows, chosen, met, args, files), indent=2))
     else:
@@ -138,6 +115,25 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _grid(args: argparse.Namespace) -> tuple[dict[str, Any], list[Setting], list[Arm]]:
+    """The recommendation's context, the grid's settings and the run's arms (validated)."""
+    from sarsteer_guard.errors import GuardError
+    from sarsteer_guard.evaluation.plan import check_context, parse_layers
+    from sarsteer_guard.evaluation.sweep import grid_settings, parse_grid, sweep_arms
+
+    if not 0 <= args.target_asr <= 1:
+        raise GuardError("--target-asr is a share between 0 and 1, e.g. 0.05 for 5%")
+    context = parse_context(args.context)
+    check_context(context)
+    settings = grid_settings(
+        parse_grid(args.alpha, float, "alpha"),
+        parse_grid(args.lam, float, "lambda"),
+        parse_grid(args.k, int, "k"),
+        parse_layers(args.layers),
+    )
+    return context, settings, sweep_arms(settings)
 
 
 def _rank(result: RunResult, target: float) -> tuple[list[SweepRow], SweepRow | None, bool]:

@@ -125,7 +125,8 @@ async def generate(
         file=sys.stderr,
     ) as bar:
         for prompt, group in prompt_groups(items, options.prompt).items():
-            pending = [(a, i) for (a, i) in todo if i in group]
+            keys = {item.key for item in group}
+            pending = [(a, i) for (a, i) in todo if i.key in keys]
             if pending:
                 await _run_group(lm, policy, pending, results, options, prompt, engine, bar)
 
