@@ -222,11 +222,14 @@ def test_a_context_the_policy_does_not_steer_is_reported_as_unsteered(
         "--json",
     ]
     assert main(args) == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
     assert summary["steered"]["asr"] == summary["unsteered"]["asr"] == 1.0
     assert summary["steering_applied"] == [
         {"rule": None, "alpha": 0.0, "steered": False, "turns": 8}
     ]
+    assert "does not steer (alpha 0)" in captured.err
+    assert "steered no turn" in (out / "report.md").read_text()
 
 
 def test_a_killed_run_resumes_without_redoing_items(data: dict[str, Path], tmp_path: Path) -> None:
@@ -356,9 +359,23 @@ def test_items_with_their_own_prompts_are_sent_with_them(
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "prompts"
-    args = ["eval", "--model", "tiny-planted", "--benign", str(questions),
-            *calibration(data), "--store", str(data["store"]), "--out", str(out),
-            "--max-new-tokens", "6", "--no-progress", "--prompt", "Answer the request."]
+    args = [
+        "eval",
+        "--model",
+        "tiny-planted",
+        "--benign",
+        str(questions),
+        *calibration(data),
+        "--store",
+        str(data["store"]),
+        "--out",
+        str(out),
+        "--max-new-tokens",
+        "6",
+        "--no-progress",
+        "--prompt",
+        "Answer the request.",
+    ]
     assert main(args) == 0
     capsys.readouterr()
     prompts = {(r["arm"], r["item"]): r["prompt"] for r in records(out / "results.jsonl", "turn")}

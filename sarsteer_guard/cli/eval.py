@@ -142,6 +142,12 @@ def run(args: argparse.Namespace) -> int:
             "numbers are optimistic",
             file=sys.stderr,
         )
+    if not arms[1].expect_steering:
+        print(
+            "sarsteer-guard: warning: the configuration under test does not steer (alpha 0), "
+            "so both columns measure the unsteered model",
+            file=sys.stderr,
+        )
     return 0
 
 

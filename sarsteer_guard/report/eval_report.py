@@ -220,6 +220,12 @@ def _warnings(
     result: RunResult, info: EvalReportInfo, before: ArmSummary, after: ArmSummary
 ) -> list[Block]:
     notes = []
+    applied = result.observed.get("steered", [])
+    if applied and not any(entry.get("steered") for entry in applied):
+        notes.append(
+            "The configuration under test steered no turn (alpha 0 for this context), so "
+            "both columns measure the unsteered model."
+        )
     if info.overlap:
         notes.append(
             f"{info.overlap} evaluated clips are identical to calibration clips: the vectors "
