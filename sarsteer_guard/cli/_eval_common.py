@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -147,13 +149,29 @@ def run_options(args: argparse.Namespace, *, vectors: Path | None = None) -> Run
     )
 
 
-def quiet_logs() -> None:
-    """Per-turn info logs would bury the progress bars: warnings only unless asked."""
+@contextmanager
+def quiet_logs() -> Iterator[None]:
+    """Warnings only while a run goes (per-turn info logs would bury the progress bars).
+
+    Only the level filter changes, and it is restored afterwards: the log stream and
+    format stay as configured (``SARSTEER_LOG_LEVEL`` still wins when set).
+    """
+    import logging
     import os
 
-    from sarsteer_guard.log import configure_logging
+    import structlog
 
-    configure_logging(level=os.environ.get("SARSTEER_LOG_LEVEL", "WARNING"))
+    from sarsteer_guard.log import get_logger
+
+    get_logger(__name__)  # the default configuration first, if nothing configured it yet
+    previous = structlog.get_config()["wrapper_class"]
+    name = os.environ.get("SARSTEER_LOG_LEVEL", "WARNING").upper()
+    level = logging.getLevelNamesMapping().get(name, logging.WARNING)
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    try:
+        yield
+    finally:
+        structlog.configure(wrapper_class=previous)
 
 
 def describe_calibration(harmful: Path | None, benign: Path | None, vectors: Any = None) -> str:

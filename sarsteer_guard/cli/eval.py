@@ -106,10 +106,15 @@ def run_dataset(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run with per-turn info logs held back (warnings still show)."""
+    with quiet_logs():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     """Check options, run the evaluation, write the reports, print the headline."""
     from sarsteer_guard.evaluation.evaluate import calibration_overlap, load_items, run_evaluation
 
-    quiet_logs()
     _check_exclusive(args)
     items, datasets = load_items(
         args.harmful,

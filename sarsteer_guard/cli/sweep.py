@@ -71,11 +71,16 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run with per-turn info logs held back (warnings still show)."""
+    with quiet_logs():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     """Run the grid, rank the settings, write the files, print the recommendation."""
     from sarsteer_guard.evaluation.evaluate import calibration_overlap, load_items, run_evaluation
     from sarsteer_guard.evaluation.plan import calibration_section, explicit_policy
 
-    quiet_logs()
     context, settings, arms = _grid(args)
     judge, options = make_judge(args), run_options(args)  # checked before anything loads
     items, datasets = load_items(
