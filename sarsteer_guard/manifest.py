@@ -11,6 +11,8 @@ an audio item into a text-only one):
 - ``id``: unique item id; defaults to ``<manifest stem>:<line number>``.
 - ``transcript``: what is said in the clip: for reviewers, and the request text in
   text-only calibration (when there is no ``text``).
+- ``category``: a label such as ``fraud`` or ``weather``, used by evaluation reports to
+  break results down; not part of the digest (relabelling does not change vectors).
 
 :attr:`Manifest.digest` hashes each item's id, text, transcript and the audio file's
 *bytes*, so steering vectors can record exactly which calibration they came from and
@@ -31,7 +33,7 @@ from typing import Any
 from sarsteer_guard.errors import ManifestError
 
 #: Keys a manifest line may carry.
-MANIFEST_KEYS = ("audio", "id", "text", "transcript")
+MANIFEST_KEYS = ("audio", "id", "text", "transcript", "category")
 
 #: Directory of the calibration set shipped with the package.
 SHIPPED_CALIBRATION_DIR = Path(__file__).resolve().parent / "data" / "calibration"
@@ -50,6 +52,7 @@ class ManifestItem:
     transcript: str | None = None
     line: int = 0
     manifest: Path | None = None
+    category: str | None = None
 
     @property
     def source(self) -> str:
@@ -172,6 +175,7 @@ def _parse_line(
         transcript=obj.get("transcript"),
         line=line_no,
         manifest=manifest,
+        category=obj.get("category"),
     )
 
 
@@ -230,6 +234,8 @@ def write_manifest(
             obj["text"] = item.text
         if item.transcript is not None:
             obj["transcript"] = item.transcript
+        if item.category is not None:
+            obj["category"] = item.category
         lines.append(json.dumps(obj, ensure_ascii=False))
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text("\n".join(lines) + "\n", encoding="utf-8")
