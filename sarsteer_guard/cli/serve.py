@@ -99,7 +99,7 @@ def register(subparsers: Any) -> None:
 def _guard(args: argparse.Namespace) -> Any:
     if args.scripted or os.environ.get(SCRIPTED_ENV) == "1":
         from sarsteer_guard.log import get_logger
-        from sarsteer_guard.testing.scripted import ScriptedGuard
+        from sarsteer_guard.server.scripted import ScriptedGuard
 
         get_logger(__name__).warning("server.scripted_guard", hint="test only: no model")
         scripted = ScriptedGuard(delay_s=args.scripted_delay_s)
