@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import os
 import platform
@@ -60,15 +59,11 @@ def frames(audio: np.ndarray) -> list[rtc.AudioFrame]:
 
 
 def make_guard() -> tuple[Any, str]:
-    cls = getattr(importlib.import_module("sarsteer_guard"), "Guard", None)
-    source = "sarsteer_guard.Guard"
-    if cls is None:
-        try:
-            cls = importlib.import_module("sarsteer_guard.guard.core").Guard
-            source = "sarsteer_guard.guard.core.Guard"
-        except (ImportError, AttributeError):
-            return ScriptedGuard(delay_s=0.0), "ScriptedGuard (real Guard not importable)"
-    return cls(model="tiny", max_new_tokens=MAX_NEW_TOKENS), f"{source}(model='tiny')"
+    try:
+        from sarsteer_guard.guard.core import Guard
+    except ImportError:
+        return ScriptedGuard(delay_s=0.0), "ScriptedGuard (real Guard not importable)"
+    return Guard(model="tiny", max_new_tokens=MAX_NEW_TOKENS), "Guard(model='tiny')"
 
 
 async def first_text(gen: llm.GenerationCreatedEvent) -> float:

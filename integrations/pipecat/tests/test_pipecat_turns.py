@@ -245,3 +245,22 @@ def test_flush_answers_the_turn_open_at_the_end_of_the_stream(speech: Speech) ->
     flushed = machine.flush()
     assert kinds(flushed) == ["stopped", "turn"]
     assert TurnTaking(TurnSettings(mode="pipeline")).flush() == []
+
+
+# -- the service's settings ------------------------------------------------------------------
+def test_params_take_segmenter_settings_and_the_older_keywords() -> None:
+    from pydantic import ValidationError
+
+    from pipecat_sarsteer import SARSteerParams
+
+    assert SARSteerParams().segmenter == SegmenterSettings(frame_ms=20)
+    own = SegmenterSettings(aggressiveness=3, end_silence_ms=400)
+    params = SARSteerParams(turn_detection="own", segmenter=own, barge_in_ms=100)
+    settings = params.turn_settings()
+    assert (settings.mode, settings.segmenter, settings.barge_in_ms) == ("own", own, 100)
+    legacy = SARSteerParams(vad_aggressiveness=1, vad_end_silence_ms=450, max_turn_secs=10)
+    assert legacy.segmenter == SegmenterSettings(
+        aggressiveness=1, frame_ms=20, end_silence_ms=450, max_turn_s=10
+    )
+    with pytest.raises(ValidationError, match="not both"):
+        SARSteerParams(segmenter=own, vad_min_speech_ms=100)
