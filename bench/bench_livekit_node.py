@@ -58,7 +58,9 @@ def frames(audio: np.ndarray) -> list[rtc.AudioFrame]:
     ]
 
 
-def make_guard() -> tuple[Any, str]:
+def make_guard(scripted: bool = False) -> tuple[Any, str]:
+    if scripted:  # --scripted: the plugin's own overhead, without model noise
+        return ScriptedGuard(delay_s=0.0), "ScriptedGuard (--scripted)"
     try:
         from sarsteer_guard.guard.core import Guard
     except ImportError:
@@ -114,8 +116,8 @@ def summary(ms: list[float]) -> dict[str, float]:
     return {"p50": round(statistics.median(ms), 2), "p90": round(q[-1], 2), "n": len(ms)}
 
 
-async def run(turns: int) -> dict[str, Any]:
-    guard, kind = make_guard()
+async def run(turns: int, scripted: bool = False) -> dict[str, Any]:
+    guard, kind = make_guard(scripted)
     await guard.start()
     speech = [synthesize(q, rate=ROOM_RATE) for q in QUESTIONS]
     pad = np.zeros(ROOM_RATE // 4, dtype=np.float32)
@@ -175,9 +177,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=50)
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--scripted", action="store_true", help="ScriptedGuard: time the plugin alone"
+    )
     args = parser.parse_args()
     configure_logging(level="WARNING")  # per-turn info logs would drown the report
-    report = asyncio.run(run(args.turns))
+    report = asyncio.run(run(args.turns, args.scripted))
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
