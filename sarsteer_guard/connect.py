@@ -147,6 +147,8 @@ class GuardHandle:
         if self._closed:
             raise GuardError("this guard handle is closed; create a new one")
         task = self._start_task
+        if task is not None and task.done() and not _failed(task):
+            return task.result()  # the common case, every turn: no shield, no new future
         if task is None or _failed(task):
             loop = asyncio.get_running_loop()
             task = loop.create_task(self._start(), name="sarsteer-guard-start")
