@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import json
 import os
 import platform
@@ -59,16 +58,14 @@ def frames(audio: np.ndarray) -> list[rtc.AudioFrame]:
     ]
 
 
-def make_guard() -> tuple[Any, str]:
-    cls = getattr(importlib.import_module("sarsteer_guard"), "Guard", None)
-    source = "sarsteer_guard.Guard"
-    if cls is None:
-        try:
-            cls = importlib.import_module("sarsteer_guard.guard.core").Guard
-            source = "sarsteer_guard.guard.core.Guard"
-        except (ImportError, AttributeError):
-            return ScriptedGuard(delay_s=0.0), "ScriptedGuard (real Guard not importable)"
-    return cls(model="tiny", max_new_tokens=MAX_NEW_TOKENS), f"{source}(model='tiny')"
+def make_guard(scripted: bool = False) -> tuple[Any, str]:
+    if scripted:  # --scripted: the plugin's own overhead, without model noise
+        return ScriptedGuard(delay_s=0.0), "ScriptedGuard (--scripted)"
+    try:
+        from sarsteer_guard.guard.core import Guard
+    except ImportError:
+        return ScriptedGuard(delay_s=0.0), "ScriptedGuard (real Guard not importable)"
+    return Guard(model="tiny", max_new_tokens=MAX_NEW_TOKENS), "Guard(model='tiny')"
 
 
 async def first_text(gen: llm.GenerationCreatedEvent) -> float:
@@ -119,8 +116,8 @@ def summary(ms: list[float]) -> dict[str, float]:
     return {"p50": round(statistics.median(ms), 2), "p90": round(q[-1], 2), "n": len(ms)}
 
 
-async def run(turns: int) -> dict[str, Any]:
-    guard, kind = make_guard()
+async def run(turns: int, scripted: bool = False) -> dict[str, Any]:
+    guard, kind = make_guard(scripted)
     await guard.start()
     speech = [synthesize(q, rate=ROOM_RATE) for q in QUESTIONS]
     pad = np.zeros(ROOM_RATE // 4, dtype=np.float32)
@@ -180,9 +177,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=50)
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--scripted", action="store_true", help="ScriptedGuard: time the plugin alone"
+    )
     args = parser.parse_args()
     configure_logging(level="WARNING")  # per-turn info logs would drown the report
-    report = asyncio.run(run(args.turns))
+    report = asyncio.run(run(args.turns, args.scripted))
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -139,7 +139,9 @@ async def direct_first_delta(guard: SpeechGuard, turn: Turn) -> float:
     return (first - started) * 1000
 
 
-async def make_guard() -> tuple[SpeechGuard, str, str]:
+async def make_guard(scripted: bool = False) -> tuple[SpeechGuard, str, str]:
+    if scripted:  # --scripted: the node's own overhead, without model noise
+        return ScriptedGuard(delay_s=0.0), "scripted", "ScriptedGuard(delay_s=0) by --scripted"
     try:
         from sarsteer_guard import Guard
 
@@ -151,8 +153,8 @@ async def make_guard() -> tuple[SpeechGuard, str, str]:
         return ScriptedGuard(delay_s=0.02), "scripted", note[:300]
 
 
-async def bench(turns: int, warmup: int) -> dict[str, Any]:
-    inner, kind, note = await make_guard()
+async def bench(turns: int, warmup: int, scripted: bool = False) -> dict[str, Any]:
+    inner, kind, note = await make_guard(scripted)
     guard = RecordingGuard(inner)
     service = SARSteerGuardService(guard, params=SARSteerParams(turn_detection="pipeline"))
     stamp, probe = Stamp(), Probe()
@@ -229,10 +231,13 @@ def main() -> int:
     parser.add_argument("--turns", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--out", default=None, help="also write the JSON here")
+    parser.add_argument(
+        "--scripted", action="store_true", help="ScriptedGuard: time the node alone"
+    )
     args = parser.parse_args()
     logger.remove()
     logger.add(sys.stderr, level="WARNING")
-    result = bench(args.turns, args.warmup)
+    result = bench(args.turns, args.warmup, args.scripted)
     text = json.dumps(asyncio.run(result), indent=2)
     print(text)
     if args.out:

@@ -2,6 +2,7 @@
 
 The public API: :class:`Guard` (speech turns in, guarded streamed responses out) and its
 vocabulary (:class:`Turn`, :class:`TextDelta`, :class:`TurnDecision`, :class:`TurnError`),
+adapters' plumbing (:func:`build_guard`, :class:`GuardHandle`, :func:`turn_events`),
 the SARSteer building blocks (:class:`SteeringVectors`, :class:`SteeringHooks`,
 :func:`calibrate`), model loading, policies, stores and the audit log. Heavy modules
 (torch, transformers, redis) are imported on first use, so ``import sarsteer_guard``
@@ -41,6 +42,7 @@ from sarsteer_guard.guard.events import (
 if TYPE_CHECKING:
     from sarsteer_guard.audit import AuditLog, open_audit_log
     from sarsteer_guard.calibration import CalibrationConfig, calibrate
+    from sarsteer_guard.connect import GuardHandle, build_guard, turn_events
     from sarsteer_guard.guard.core import Guard
     from sarsteer_guard.models import AudioLanguageModel, Message, load_model
     from sarsteer_guard.policy import Policy, PolicyDecision, load_policy
@@ -51,6 +53,9 @@ if TYPE_CHECKING:
 _LAZY = {
     "Guard": "sarsteer_guard.guard.core",
     "RemoteGuard": "sarsteer_guard.remote",
+    "GuardHandle": "sarsteer_guard.connect",
+    "build_guard": "sarsteer_guard.connect",
+    "turn_events": "sarsteer_guard.connect",
     "AudioLanguageModel": "sarsteer_guard.models",
     "Message": "sarsteer_guard.models",
     "load_model": "sarsteer_guard.models",
@@ -88,6 +93,7 @@ __all__ = [
     "Guard",
     "GuardError",
     "GuardEvent",
+    "GuardHandle",
     "HistoryItem",
     "ManifestError",
     "Message",
@@ -111,9 +117,11 @@ __all__ = [
     "VectorStore",
     "VectorsError",
     "__version__",
+    "build_guard",
     "calibrate",
     "load_model",
     "load_policy",
     "open_audit_log",
     "open_store",
+    "turn_events",
 ]

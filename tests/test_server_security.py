@@ -166,7 +166,12 @@ class RecordingConversations:
 
 @dataclass
 class GuardWithHistory(ScriptedGuard):
+    """Keeps history like the Guard does: ``forget_session`` drops it from ``conversations``."""
+
     conversations: Any = field(default_factory=RecordingConversations)
+
+    def forget_session(self, session_id: str) -> None:
+        self.conversations.forget(session_id)
 
 
 def test_protocol_never_defaults_to_a_shared_session() -> None:

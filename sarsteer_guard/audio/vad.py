@@ -55,10 +55,14 @@ class SpeechTurn:
 class SegmenterSettings:
     """Validated segmenter settings; defaults suit conversational turns.
 
+    The one way adapters configure webrtcvad turn taking (the Pipecat service's
+    ``SARSteerParams.segmenter``, the LiveKit model's ``turn_detection``).
+
     Attributes:
         aggressiveness: webrtcvad mode 0-3; higher rejects more non-speech.
         frame_ms: VAD frame length, 10, 20 or 30 ms.
-        padding_ms: pre-roll kept before the first voiced frame (recovers soft onsets).
+        padding_ms: the pre-roll: audio kept before the first voiced frame (webrtcvad often
+            misses a soft onset; this recovers it).
         min_speech_ms: turns with fewer voiced milliseconds are dropped (clicks, coughs).
         end_silence_ms: unvoiced time that ends a turn; longer tolerates mid-sentence pauses.
         max_turn_s: a turn is cut at this length so one monologue cannot grow unbounded.
@@ -102,6 +106,17 @@ class SegmenterSettings:
                 f"segmenter max_turn_s must be a number >= {least} s (padding plus two "
                 f"frames), got {self.max_turn_s!r}"
             )
+
+    def new_segmenter(self) -> TurnSegmenter:
+        """A fresh streaming segmenter with these settings (one per audio stream)."""
+        return TurnSegmenter(
+            aggressiveness=self.aggressiveness,
+            frame_ms=self.frame_ms,
+            padding_ms=self.padding_ms,
+            min_speech_ms=self.min_speech_ms,
+            end_silence_ms=self.end_silence_ms,
+            max_turn_s=self.max_turn_s,
+        )
 
 
 class TurnSegmenter:

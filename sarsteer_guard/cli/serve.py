@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sarsteer_guard.guard.events import SpeechGuard
 
 #: Test-only switch (also ``--scripted``): serve a ScriptedGuard instead of a model.
 SCRIPTED_ENV = "SARSTEER_GUARD_SCRIPTED"
@@ -33,10 +36,26 @@ def register(subparsers: Any) -> None:
         "--token-file, never from the command line. Listens on loopback unless --host says "
         "otherwise; a non-loopback host requires a worker token. SIGTERM drains open turns.",
     )
+    _add_guard_options(p)
+    _add_listen_options(p)
+    _add_limit_options(p)
+    # Test-only: a ScriptedGuard, so protocol tests need no model. Hidden on purpose.
+    p.add_argument("--scripted", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--scripted-delay-s", type=float, default=0.01, help=argparse.SUPPRESS)
+    p.add_argument("--scripted-reply", default=None, help=argparse.SUPPRESS)
+    p.set_defaults(func=run)
+
+
+def _add_guard_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="tiny", help="hub id, local directory, or a built-in: tiny")
     p.add_argument("--policy", type=Path, default=None, help="policy YAML (hot reloaded)")
     p.add_argument("--store", default=None, help="vector store URL (redis://... or a directory)")
     p.add_argument("--audit", default=None, help="audit log URL (redis://..., sqlite:///...)")
+    p.add_argument("--max-batch-size", type=int, default=16, help="rows per generation batch")
+    p.add_argument("--max-queue", type=int, default=64, help="turns allowed to wait")
+
+
+def _add_listen_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = all)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument(
@@ -45,6 +64,18 @@ def register(subparsers: Any) -> None:
         default=None,
         help="file with 'worker: TOKEN' / 'read: TOKEN' lines (or JSON), chmod 600",
     )
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="web origin (scheme://host[:port]) whose pages may open /v1/turns; repeatable, "
+        "also SARSTEER_GUARD_ALLOWED_ORIGINS (comma-separated). Handshakes with any other "
+        "Origin header get 403; clients that send none (RemoteGuard) are unaffected",
+    )
+
+
+def _add_limit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-message-bytes",
         type=int,
@@ -73,33 +104,17 @@ def register(subparsers: Any) -> None:
         help="turns one connection may have open at once (a worker's concurrent calls)",
     )
     p.add_argument(
-        "--allow-origin",
-        action="append",
-        default=[],
-        metavar="URL",
-        help="web origin (scheme://host[:port]) whose pages may open /v1/turns; repeatable, "
-        "also SARSTEER_GUARD_ALLOWED_ORIGINS (comma-separated). Handshakes with any other "
-        "Origin header get 403; clients that send none (RemoteGuard) are unaffected",
-    )
-    p.add_argument(
         "--max-new-tokens-cap",
         type=int,
         default=512,
         help="a turn asking for more max_new_tokens gets this many (default 512)",
     )
-    p.add_argument("--max-batch-size", type=int, default=16, help="rows per generation batch")
-    p.add_argument("--max-queue", type=int, default=64, help="turns allowed to wait")
-    # Test-only: a ScriptedGuard, so protocol tests need no model. Hidden on purpose.
-    p.add_argument("--scripted", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--scripted-delay-s", type=float, default=0.01, help=argparse.SUPPRESS)
-    p.add_argument("--scripted-reply", default=None, help=argparse.SUPPRESS)
-    p.set_defaults(func=run)
 
 
-def _guard(args: argparse.Namespace) -> Any:
+def _guard(args: argparse.Namespace) -> SpeechGuard:
     if args.scripted or os.environ.get(SCRIPTED_ENV) == "1":
         from sarsteer_guard.log import get_logger
-        from sarsteer_guard.testing.scripted import ScriptedGuard
+        from sarsteer_guard.server.scripted import ScriptedGuard
 
         get_logger(__name__).warning("server.scripted_guard", hint="test only: no model")
         scripted = ScriptedGuard(delay_s=args.scripted_delay_s)

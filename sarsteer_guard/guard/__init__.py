@@ -1,4 +1,8 @@
-"""The Guard core: speech turns in, guarded streamed responses out."""
+"""The Guard core: speech turns in, guarded streamed responses out.
+
+Building a guard for an adapter (``build_guard``, ``GuardHandle``) lives in
+:mod:`sarsteer_guard.connect`, which sits above this package.
+"""
 
 from sarsteer_guard.guard.events import (
     GuardEvent,
@@ -10,7 +14,6 @@ from sarsteer_guard.guard.events import (
     TurnDecision,
     TurnError,
 )
-from sarsteer_guard.guard.factory import build_guard
 
 __all__ = [
     "GuardEvent",
@@ -21,5 +24,4 @@ __all__ = [
     "Turn",
     "TurnDecision",
     "TurnError",
-    "build_guard",
 ]

@@ -1,10 +1,13 @@
-"""The ``sarsteer.v1`` wire protocol: message validation and event (de)serialisation.
+"""The ``sarsteer.v1`` wire protocol: typed client messages and event (de)serialisation.
 
 Shared by the server and :class:`~sarsteer_guard.remote.RemoteGuard` so both ends agree
 on one definition; no web framework is imported here, so voice workers that only run
-the client never need Starlette. Every validation failure raises :class:`ProtocolError`
-with a one-line message that tells the client what to send instead
-(``docs/server.md`` describes the messages, ``docs/protocol.schema.json`` their schema).
+the client never need Starlette. :func:`parse_message` turns one WebSocket frame into a
+:data:`ClientMessage` (``TurnStartMsg | AudioMsg | TurnEndMsg | TurnCancelMsg``), so the
+server dispatches on types, not on strings. Every validation failure raises
+:class:`ProtocolError` with a one-line message that tells the client what to send
+instead (``docs/server.md`` describes the messages, ``docs/protocol.schema.json`` their
+schema).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sarsteer_guard.audio.pcm import MAX_RATE, MIN_RATE
-from sarsteer_guard.errors import GuardError
+from sarsteer_guard.errors import GuardError, one_line
 from sarsteer_guard.guard.events import (
     ContextValue,
     GuardEvent,
@@ -66,7 +69,7 @@ class ProtocolError(GuardError):
 
 
 @dataclass(frozen=True, slots=True)
-class TurnStart:
+class TurnStartMsg:
     """A validated ``turn.start``: everything needed to build a :class:`Turn` but the audio."""
 
     turn_id: str
@@ -83,14 +86,87 @@ class TurnStart:
         return int(max_turn_s * self.sample_rate) * self.channels * width
 
 
+@dataclass(frozen=True, slots=True)
+class AudioMsg:
+    """A chunk of a turn's PCM, from a binary frame or a ``turn.audio`` text message."""
+
+    turn_id: str
+    pcm: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TurnEndMsg:
+    """``turn.end``: end of speech, run the turn."""
+
+    turn_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCancelMsg:
+    """``turn.cancel``: barge-in, stop the turn."""
+
+    turn_id: str
+
+
+#: Every message a client may send, as :func:`parse_message` returns it.
+ClientMessage = TurnStartMsg | AudioMsg | TurnEndMsg | TurnCancelMsg
+
+
+def parse_message(
+    frame: str | bytes,
+    *,
+    max_bytes: int | None = None,
+    default_session_id: str | None = None,
+) -> ClientMessage:
+    """One WebSocket frame as a typed client message; :class:`ProtocolError` if it is not one.
+
+    A binary frame is audio; a text frame is one JSON object. ``max_bytes`` (the server's
+    ``max_message_bytes``) refuses bigger frames; an oversized audio frame names its turn
+    when the header is readable, so that turn ends. ``default_session_id`` fills a
+    ``turn.start`` without one (see :func:`parse_turn_start`).
+    """
+    if isinstance(frame, bytes):
+        if max_bytes is not None and len(frame) > max_bytes:
+            raise ProtocolError(
+                f"binary frame of {len(frame)} bytes exceeds max_message_bytes={max_bytes}: "
+                "send audio in smaller chunks",
+                _peek_frame_turn_id(frame),
+            )
+        return parse_audio_frame(frame)
+    if max_bytes is not None and (len(frame) > max_bytes or len(frame.encode()) > max_bytes):
+        raise ProtocolError(
+            f"text message exceeds max_message_bytes={max_bytes}: send audio in smaller "
+            "chunks (binary frames carry it without base64 overhead)"
+        )
+    message = parse_json(frame)
+    kind = message["type"]
+    if kind == "turn.start":
+        return parse_turn_start(message, default_session_id=default_session_id)
+    if kind == "turn.audio":
+        return parse_audio_b64(message)
+    if kind == "turn.end":
+        return TurnEndMsg(_turn_id(message))
+    if kind == "turn.cancel":
+        return TurnCancelMsg(_turn_id(message))
+    raise ProtocolError(
+        f"unknown message type {one_line(kind, limit=40)!r}: expected turn.start, turn.audio, "
+        "turn.end or turn.cancel"
+    )
+
+
 def _turn_id(message: Mapping[str, Any]) -> str:
     value = message.get("turn_id")
     if not isinstance(value, str) or not TURN_ID_RE.match(value):
         raise ProtocolError(
-            f"turn_id must be 1-64 characters of [A-Za-z0-9_.:-], got {value!r}",
+            f"turn_id must be 1-64 characters of [A-Za-z0-9_.:-], got {_shown(value)}",
             turn_id=None,
         )
     return value
+
+
+def _shown(value: object) -> str:
+    """A client's value for an error message: repr, bounded (the peer chose its size)."""
+    return one_line(repr(value), limit=60)
 
 
 def parse_json(text: str) -> dict[str, Any]:
@@ -109,26 +185,6 @@ def parse_json(text: str) -> dict[str, Any]:
     return message
 
 
-def optional_turn_id(message: Mapping[str, Any]) -> str | None:
-    """The message's turn id if it is a valid one (to address an error), else None."""
-    value = message.get("turn_id")
-    if isinstance(value, str) and TURN_ID_RE.match(value):
-        return value
-    return None
-
-
-def parse_turn_id(message: Mapping[str, Any]) -> str:
-    """The required ``turn_id`` of ``turn.audio``/``turn.end``/``turn.cancel``."""
-    return _turn_id(message)
-
-
-def _int_field(message: Mapping[str, Any], name: str, default: int, turn_id: str) -> int:
-    value = message.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ProtocolError(f"{name} must be an integer, got {value!r}", turn_id)
-    return value
-
-
 def new_session_id() -> str:
     """A fresh, unguessable session id for a client that did not name its session."""
     return f"anon-{uuid.uuid4().hex}"
@@ -136,22 +192,37 @@ def new_session_id() -> str:
 
 def parse_turn_start(
     message: Mapping[str, Any], *, default_session_id: str | None = None
-) -> TurnStart:
+) -> TurnStartMsg:
     """Validate a ``turn.start`` message.
 
     A missing ``session_id`` becomes ``default_session_id`` (the server passes one per
     connection), or a fresh :func:`new_session_id` when that is None: never a shared
     constant, so clients that omit it never see each other's conversation history.
+    Errors name the turn (the server ends that turn with them).
     """
     turn_id = _turn_id(message)
-    if "session_id" in message:
-        session_id = message["session_id"]
-    else:
-        session_id = default_session_id or new_session_id()
+    sample_rate, channels, sample_format = _audio_format(message, turn_id)
+    return TurnStartMsg(
+        turn_id=turn_id,
+        session_id=_session_id(message, turn_id, default_session_id),
+        context=_context(message, turn_id),
+        sample_rate=sample_rate,
+        channels=channels,
+        sample_format=sample_format,
+        max_new_tokens=_max_new_tokens(message, turn_id),
+    )
+
+
+def _session_id(message: Mapping[str, Any], turn_id: str, default: str | None) -> str:
+    session_id = message["session_id"] if "session_id" in message else default or new_session_id()
     if not isinstance(session_id, str) or not 1 <= len(session_id) <= MAX_SESSION_ID_CHARS:
         raise ProtocolError(
             f"session_id must be a string of 1-{MAX_SESSION_ID_CHARS} characters", turn_id
         )
+    return session_id
+
+
+def _context(message: Mapping[str, Any], turn_id: str) -> dict[str, ContextValue]:
     context = message.get("context", {})
     if not isinstance(context, dict) or len(context) > MAX_CONTEXT_KEYS:
         raise ProtocolError(
@@ -174,6 +245,17 @@ def parse_turn_start(
                 f"context[{key!r}] is longer than {MAX_CONTEXT_STR_CHARS} characters", turn_id
             )
         clean[key] = value
+    return clean
+
+
+def _int_field(message: Mapping[str, Any], name: str, default: int, turn_id: str) -> int:
+    value = message.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"{name} must be an integer, got {_shown(value)}", turn_id)
+    return value
+
+
+def _audio_format(message: Mapping[str, Any], turn_id: str) -> tuple[int, int, SampleFormat]:
     sample_rate = _int_field(message, "sample_rate", 16000, turn_id)
     if not MIN_RATE <= sample_rate <= MAX_RATE:
         raise ProtocolError(
@@ -186,37 +268,31 @@ def parse_turn_start(
     sample_format = message.get("format", "int16")
     if sample_format not in BYTES_PER_SAMPLE:
         raise ProtocolError(
-            f"format must be 'int16' or 'float32' (little-endian PCM), got {sample_format!r}",
+            f"format must be 'int16' or 'float32' (little-endian PCM), got {_shown(sample_format)}",
             turn_id,
         )
-    max_new_tokens = message.get("max_new_tokens")
-    if max_new_tokens is not None and (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or not 1 <= max_new_tokens <= MAX_NEW_TOKENS
+    return sample_rate, channels, sample_format
+
+
+def _max_new_tokens(message: Mapping[str, Any], turn_id: str) -> int | None:
+    value = message.get("max_new_tokens")
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NEW_TOKENS
     ):
         raise ProtocolError(
             f"max_new_tokens must be an integer from 1 to {MAX_NEW_TOKENS} or absent", turn_id
         )
-    return TurnStart(
-        turn_id=turn_id,
-        session_id=session_id,
-        context=clean,
-        sample_rate=sample_rate,
-        channels=channels,
-        sample_format=sample_format,
-        max_new_tokens=max_new_tokens,
-    )
+    return value
 
 
-def parse_audio_b64(message: Mapping[str, Any]) -> tuple[str, bytes]:
-    """Validate a ``turn.audio`` message; returns (turn_id, PCM bytes)."""
+def parse_audio_b64(message: Mapping[str, Any]) -> AudioMsg:
+    """Validate a ``turn.audio`` message (base64 PCM)."""
     turn_id = _turn_id(message)
     data = message.get("audio_b64")
     if not isinstance(data, str):
         raise ProtocolError("turn.audio needs 'audio_b64': base64 of raw PCM", turn_id)
     try:
-        return turn_id, base64.b64decode(data, validate=True)
+        return AudioMsg(turn_id, base64.b64decode(data, validate=True))
     except (binascii.Error, ValueError):
         raise ProtocolError("audio_b64 is not valid base64 (standard alphabet)", turn_id) from None
 
@@ -227,8 +303,8 @@ def encode_audio_frame(turn_id: str, pcm: bytes) -> bytes:
     return bytes((len(raw),)) + raw + pcm
 
 
-def parse_audio_frame(frame: bytes) -> tuple[str, bytes]:
-    """Split a binary audio frame into (turn_id, PCM bytes)."""
+def parse_audio_frame(frame: bytes) -> AudioMsg:
+    """Split a binary audio frame into its turn id and PCM bytes."""
     if not frame:
         raise ProtocolError("empty binary frame: a binary frame starts with the turn id header")
     size = frame[0]
@@ -241,7 +317,15 @@ def parse_audio_frame(frame: bytes) -> tuple[str, bytes]:
         raise ProtocolError(
             "binary frame header is invalid: send <1 byte id length><ASCII turn_id><PCM bytes>"
         )
-    return turn_id, frame[1 + size :]
+    return AudioMsg(turn_id, frame[1 + size :])
+
+
+def _peek_frame_turn_id(frame: bytes) -> str | None:
+    """The turn id of a binary frame's header, if readable (to address an error)."""
+    try:
+        return parse_audio_frame(frame[:80]).turn_id
+    except ProtocolError:
+        return None
 
 
 def audio_frame_overhead(turn_id: str) -> int:

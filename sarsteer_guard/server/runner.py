@@ -18,7 +18,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from sarsteer_guard.log import get_logger
-from sarsteer_guard.server.app import GuardService
+from sarsteer_guard.server.service import GuardService
 from sarsteer_guard.server.settings import ServerSettings
 
 log = get_logger(__name__)

@@ -17,8 +17,9 @@ from dataclasses import replace
 import uvicorn
 
 from sarsteer_guard.guard.events import SpeechGuard
-from sarsteer_guard.server.app import GuardService, create_app
+from sarsteer_guard.server.app import create_app
 from sarsteer_guard.server.runner import uvicorn_config
+from sarsteer_guard.server.service import GuardService
 from sarsteer_guard.server.settings import ServerSettings
 
 

@@ -8,7 +8,6 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-import sarsteer_guard
 import soundfile as sf
 from livekit_harness import QUESTION, SECOND, Speech, silence
 from sarsteer_guard.testing.scripted import ScriptedGuard
@@ -46,7 +45,7 @@ async def test_offline_example_prints_one_reply_per_utterance(
         built.append(ScriptedGuard(reply=f"Reply for {kwargs['model']}.", delay_s=0.0))
         return built[-1]
 
-    monkeypatch.setattr(sarsteer_guard, "Guard", fake_guard, raising=False)
+    monkeypatch.setattr("sarsteer_guard.guard.core.Guard", fake_guard)
     module = load("livekit_offline")
 
     code = await module.main([str(wav), "--context", "channel=kids"])

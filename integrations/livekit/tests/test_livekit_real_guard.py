@@ -33,8 +33,8 @@ rules:
 
 
 def guard_class() -> Any:
-    """The in-process Guard; the plugin builds it as ``sarsteer_guard.Guard``."""
-    return importlib.import_module("sarsteer_guard").Guard
+    """The in-process Guard, as the plugin builds it (``sarsteer_guard.connect.build_guard``)."""
+    return importlib.import_module("sarsteer_guard.guard.core").Guard
 
 
 async def test_real_guard_answers_and_audits_a_turn(

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-import sarsteer_guard
 from livekit import rtc
 from livekit.agents import llm
 from livekit.plugins import sarsteer
@@ -192,7 +191,7 @@ async def test_guard_is_built_lazily_from_options_and_closed(
         built.append(kwargs)
         return ScriptedGuard()
 
-    monkeypatch.setattr(sarsteer_guard, "Guard", fake_guard, raising=False)
+    monkeypatch.setattr("sarsteer_guard.guard.core.Guard", fake_guard)
     model = sarsteer.RealtimeModel(model="tiny", policy="p.yaml", audit="sqlite:///a.db")
     assert built == []
     guard = await model.start()
@@ -217,7 +216,7 @@ async def test_remote_url_builds_a_remote_guard_or_says_what_to_do(
         urls.append(url)
         return ScriptedGuard()
 
-    monkeypatch.setattr(sarsteer_guard, "RemoteGuard", fake_remote, raising=False)
+    monkeypatch.setattr("sarsteer_guard.remote.RemoteGuard", fake_remote)
     assert isinstance(await model.start(), ScriptedGuard)  # a failed start is retried
     assert urls == ["ws://guard:8080"]
     await model.aclose()

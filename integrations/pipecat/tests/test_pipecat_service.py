@@ -289,11 +289,11 @@ async def test_builds_and_closes_its_own_guard(
 ) -> None:
     built: list[ScriptedGuard] = []
 
-    def fake_build(self: SARSteerGuardService) -> ScriptedGuard:
+    def fake_guard(**kwargs: object) -> ScriptedGuard:
         built.append(ScriptedGuard())
         return built[-1]
 
-    monkeypatch.setattr(SARSteerGuardService, "_build_guard", fake_build)
+    monkeypatch.setattr("sarsteer_guard.guard.core.Guard", fake_guard)
     service = SARSteerGuardService(model="tiny", policy="policy.yaml")
     assert not built  # constructors do no I/O
     down, _ = await run_test(service, frames_to_send=pipeline_turn())

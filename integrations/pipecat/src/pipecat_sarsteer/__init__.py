@@ -5,8 +5,11 @@ the user's speech, asks the SARSteer Guard, and streams the guarded answer as LL
 frames for any TTS.
 """
 
+from sarsteer_guard.audio.vad import SegmenterSettings
+
 from pipecat_sarsteer.frames import SARSteerContextUpdateFrame, SARSteerDecisionFrame
 from pipecat_sarsteer.service import SARSteerGuardService, SARSteerParams
+from pipecat_sarsteer.turns import TurnSettings, TurnSource, TurnTaking
 
 __version__ = "0.1.0"
 
@@ -15,5 +18,9 @@ __all__ = [
     "SARSteerDecisionFrame",
     "SARSteerGuardService",
     "SARSteerParams",
+    "SegmenterSettings",
+    "TurnSettings",
+    "TurnSource",
+    "TurnTaking",
     "__version__",
 ]

@@ -8,17 +8,18 @@ Shape follows Pipecat's realtime services (OpenAI Realtime, Gemini Live): an
 ``AIService`` that announces itself with ``LLMServiceMetadataFrame(is_realtime_service=
 True)`` so the user aggregator does not wait for a transcript, takes turn boundaries
 from the pipeline's ``UserStarted/StoppedSpeakingFrame`` (with a pre-roll, since those
-arrive after speech has begun), and runs each turn as a task so interruptions are
-handled while a response streams.
+arrive after speech has begun) or from its own webrtcvad segmentation, and runs each
+turn as a task so interruptions are handled while a response streams. Where turns
+begin and end is decided by :class:`~pipecat_sarsteer.turns.TurnTaking`, a state
+machine with no Pipecat in it; this module only translates frames in and actions out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Mapping
+from typing import Any
 
 from loguru import logger
 from pipecat.frames.frames import (
@@ -43,7 +44,9 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSet
 from pipecat.services.ai_service import AIService
 from pipecat.services.settings import ServiceSettings
 from pipecat.utils.errors import ErrorCategory
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
+from sarsteer_guard.audio.vad import SegmenterSettings
+from sarsteer_guard.connect import GuardHandle, turn_events
 from sarsteer_guard.guard.events import (
     ContextValue,
     GuardEvent,
@@ -55,15 +58,17 @@ from sarsteer_guard.guard.events import (
 )
 
 from pipecat_sarsteer.frames import SARSteerContextUpdateFrame, SARSteerDecisionFrame
-
-if TYPE_CHECKING:
-    from sarsteer_guard.audio.vad import SpeechTurn, TurnSegmenter
-
-#: Pre-roll added to the pipeline VAD's ``start_secs`` (the speech it consumed before
-#: announcing the turn), as Pipecat's OpenAI Realtime service does.
-PRE_ROLL_MARGIN_SECS = 0.3
-#: Pre-roll when the pipeline does not say what its VAD's ``start_secs`` is.
-DEFAULT_PRE_ROLL_SECS = 0.5
+from pipecat_sarsteer.turns import (
+    DEFAULT_SEGMENTER,
+    Action,
+    Interrupt,
+    SpeechStarted,
+    SpeechStopped,
+    TurnMode,
+    TurnSettings,
+    TurnTaking,
+    UserTurn,
+)
 
 # TurnError kinds whose Pipecat category is known; the rest are UNKNOWN. Never a
 # permanent category: one bad turn must not mark the service unusable.
@@ -74,6 +79,12 @@ _ERROR_CATEGORIES = {
     "model": ErrorCategory.SERVER,
     "vectors": ErrorCategory.SERVER,
 }
+#: Older loose keywords of the own segmenter, still accepted: keyword -> SegmenterSettings field.
+_LEGACY_SEGMENTER_KEYWORDS = {
+    "vad_aggressiveness": "aggressiveness",
+    "vad_end_silence_ms": "end_silence_ms",
+    "vad_min_speech_ms": "min_speech_ms",
+}
 
 
 class SARSteerParams(BaseModel):
@@ -83,15 +94,18 @@ class SARSteerParams(BaseModel):
         turn_detection: Where turn boundaries come from. ``"pipeline"``: the
             pipeline's ``UserStarted/StoppedSpeakingFrame`` (VAD in the user
             aggregator or transport). ``"own"``: the node's webrtcvad segmenter, for
-            pipelines without VAD. ``"auto"``: own segmentation until the pipeline
-            shows it has VAD (a ``SpeechControlParamsFrame`` or a speaking frame).
+            pipelines without VAD (pipeline speaking frames are then ignored).
+            ``"auto"``: own segmentation until the pipeline shows it has VAD (a
+            ``SpeechControlParamsFrame`` or a speaking frame).
         pre_roll_secs: Audio kept from before the pipeline's turn start. None sizes it
             from the pipeline VAD's ``start_secs`` plus 0.3 s (0.5 s if unknown).
         min_turn_secs: Shorter pipeline turns are ignored (clicks, false starts).
-        max_turn_secs: Only the last this-many seconds of a turn are sent.
-        vad_aggressiveness: webrtcvad mode 0-3 for own segmentation.
-        vad_end_silence_ms: Silence that ends a turn in own segmentation.
-        vad_min_speech_ms: Own-segmentation turns with less speech are dropped.
+        max_turn_secs: Only the last this-many seconds of a pipeline turn are sent.
+        segmenter: webrtcvad settings of own segmentation (aggressiveness, frame
+            length, silence that ends a turn, minimum speech, longest turn, pre-roll).
+            The older keywords ``vad_aggressiveness``, ``vad_end_silence_ms`` and
+            ``vad_min_speech_ms`` still work; without ``segmenter`` its longest turn
+            follows ``max_turn_secs``.
         allow_interruptions: In own segmentation, user speech cancels the response
             and broadcasts an ``InterruptionFrame`` (in pipeline mode the pipeline's
             own ``InterruptionFrame`` decides).
@@ -103,19 +117,54 @@ class SARSteerParams(BaseModel):
         end_timeout_secs: How long an ``EndFrame`` waits for a response in flight.
     """
 
-    turn_detection: Literal["auto", "pipeline", "own"] = "auto"
+    turn_detection: TurnMode = "auto"
     pre_roll_secs: float | None = Field(default=None, ge=0.0, le=5.0)
     min_turn_secs: float = Field(default=0.2, ge=0.0)
     max_turn_secs: float = Field(default=30.0, gt=0.0)
-    vad_aggressiveness: int = Field(default=2, ge=0, le=3)
-    vad_end_silence_ms: int = Field(default=600, ge=30)
-    vad_min_speech_ms: int = Field(default=250, ge=0)
+    segmenter: SegmenterSettings = DEFAULT_SEGMENTER
     allow_interruptions: bool = True
     barge_in_ms: int = Field(default=200, ge=0)
     emit_user_speaking_frames: bool = True
     max_new_tokens: int | None = Field(default=None, gt=0)
     push_decision_frames: bool = True
     end_timeout_secs: float = Field(default=30.0, gt=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _segmenter_from_keywords(cls, data: Any) -> Any:
+        """Build ``segmenter`` from the older loose keywords when it is not given."""
+        if not isinstance(data, Mapping):
+            return data
+        values = dict(data)
+        legacy = {
+            field: values.pop(keyword)
+            for keyword, field in _LEGACY_SEGMENTER_KEYWORDS.items()
+            if keyword in values
+        }
+        if "segmenter" in values:
+            if legacy:
+                raise ValueError(
+                    "pass segmenter=SegmenterSettings(...) or the vad_* keywords, not both"
+                )
+            return values
+        fields: dict[str, Any] = {"frame_ms": DEFAULT_SEGMENTER.frame_ms, **legacy}
+        if "max_turn_secs" in values:
+            fields["max_turn_s"] = values["max_turn_secs"]
+        values["segmenter"] = SegmenterSettings(**fields)
+        return values
+
+    def turn_settings(self) -> TurnSettings:
+        """The turn state machine's settings."""
+        return TurnSettings(
+            mode=self.turn_detection,
+            pre_roll_secs=self.pre_roll_secs,
+            min_turn_secs=self.min_turn_secs,
+            max_turn_secs=self.max_turn_secs,
+            barge_in_ms=self.barge_in_ms,
+            allow_interruptions=self.allow_interruptions,
+            emit_user_speaking_frames=self.emit_user_speaking_frames,
+            segmenter=self.segmenter,
+        )
 
 
 class SARSteerGuardService(AIService):
@@ -171,40 +220,18 @@ class SARSteerGuardService(AIService):
             params: Tuning, see :class:`SARSteerParams`.
             **kwargs: Passed to ``AIService`` (e.g. ``name``).
         """
-        if guard is not None and remote_url is not None:
-            raise ValueError("pass either guard= or remote_url=, not both")
+        handle = GuardHandle.from_options(
+            guard, model=model, policy=policy, store=store, audit=audit, remote_url=remote_url
+        )
         super().__init__(settings=ServiceSettings(model=model), **kwargs)
-        self._guard: SpeechGuard | None = guard
-        self._owns_guard = guard is None
-        self._guard_config = {"model": model, "policy": policy, "store": store, "audit": audit}
-        self._remote_url = remote_url
+        self._handle = handle
         self._params = params or SARSteerParams()
         self._context: dict[str, ContextValue] = dict(context or {})
         self._session_id = session_id or uuid.uuid4().hex
-        self._start_error: Exception | None = None
-        self._guard_started = False
         self._start_task: asyncio.Task[None] | None = None
         self._running = False  # StartFrame processed: errors can travel
-
-        # Turn collection.
-        self._pipeline_turns = self._params.turn_detection == "pipeline"
-        self._saw_user_turn_frames = False  # UserStarted/Stopped seen: VAD ones are hints
-        self._pre_roll_secs = self._params.pre_roll_secs
-        self._pre_roll: deque[bytes] = deque()
-        self._pre_roll_bytes = 0
-        self._turn_audio: bytearray | None = None
-        self._turn_confirmed = False  # a UserStartedSpeakingFrame opened or joined it
-        self._audio_format: tuple[int, int] | None = None  # (sample_rate, channels)
-        self._in_sample_rate = 16000
-        self._segmenter: TurnSegmenter | None = None
-        self._own_speech_since: float | None = None  # stream time own speech began
-        self._own_speech_announced = False
-        self._own_start_pushed = False
-        self._saw_own_turn = False
-
-        # Responses.
+        self._turns = TurnTaking(self._params.turn_settings())
         self._response_tasks: list[asyncio.Task[None]] = []
-
         self._register_event_handler("on_decision")
         self._register_event_handler("on_turn_error")
 
@@ -213,9 +240,7 @@ class SARSteerGuardService(AIService):
     @property
     def guard(self) -> SpeechGuard:
         """The Guard this service uses, built on first access when none was passed."""
-        if self._guard is None:
-            self._guard = self._build_guard()
-        return self._guard
+        return self._handle.guard
 
     @property
     def session_id(self) -> str:
@@ -264,23 +289,22 @@ class SARSteerGuardService(AIService):
         before any call arrives, start a shared Guard yourself and pass ``guard=``.
         """
         await super().setup(setup)
-        self._in_sample_rate = setup.audio_in_sample_rate
-        if self._start_task is None and not self._guard_started:
+        self._turns.sample_rate = setup.audio_in_sample_rate
+        if self._start_task is None:
             self._start_task = self.create_task(self._start_guard(), name="sarsteer-guard-start")
 
     async def start(self, frame: StartFrame) -> None:
         """Report a Guard that already failed to start, now that errors can travel."""
         await super().start(frame)
         self._running = True
-        if self._start_error is not None:
-            await self._push_start_error()
+        error = self._handle.start_error
+        if error is not None:
+            await self._push_start_error(error)
 
     async def stop(self, frame: EndFrame) -> None:
         """Graceful end: answer a trailing turn, let responses finish, then close."""
         await super().stop(frame)
-        if self._segmenter is not None and not self._pipeline_turns:
-            for turn in self._segmenter.flush():
-                await self._on_own_turn(turn)
+        await self._perform(self._turns.flush())
         pending = [t for t in self._response_tasks if not t.done()]
         if pending:
             await asyncio.wait(pending, timeout=self._params.end_timeout_secs)
@@ -296,189 +320,86 @@ class SARSteerGuardService(AIService):
         await super().cleanup()  # type: ignore[no-untyped-call]  # pipecat leaves it unannotated
         await self._shutdown()
 
+    async def _start_guard(self) -> None:
+        try:
+            await self._handle.start()
+        except Exception as e:
+            logger.error(f"{self}: SARSteer guard failed to start: {e}")
+            if self._running:
+                await self._push_start_error(e)
+
+    async def _push_start_error(self, error: BaseException) -> None:
+        await self.push_error(
+            f"SARSteer guard failed to start: {error}",
+            exception=error if isinstance(error, Exception) else None,
+            force_treat_as_permanent=True,
+        )
+
+    async def _shutdown(self) -> None:
+        self._running = False
+        await self._cancel_responses()
+        if self._start_task is not None and not self._start_task.done():
+            await self.cancel_task(self._start_task)
+        self._start_task = None
+        try:
+            await self._handle.close()  # closes the guard only if this service built it
+        except Exception as e:
+            logger.warning(f"{self}: closing the SARSteer guard failed: {e}")
+
     # -- frames ------------------------------------------------------------------
 
     async def process_frame(self, frame: Frame, direction: FrameDirection) -> None:
-        """Collect turns, start responses as tasks, and push every other frame on."""
+        """Take turns, start responses as tasks, and push every other frame on."""
         await super().process_frame(frame, direction)
-
-        if isinstance(frame, InputAudioRawFrame):
-            await self._handle_audio(frame)
-        elif isinstance(frame, SARSteerContextUpdateFrame):
+        if isinstance(frame, SARSteerContextUpdateFrame):
             self.update_context(frame.context, replace=frame.replace, session_id=frame.session_id)
             return  # addressed to this service only
-        elif isinstance(frame, SpeechControlParamsFrame):
-            self._handle_speech_control(frame)
-        elif isinstance(frame, UserStartedSpeakingFrame | VADUserStartedSpeakingFrame):
-            self._use_pipeline_turns()
-            self._begin_turn()
-            if isinstance(frame, UserStartedSpeakingFrame):
-                self._saw_user_turn_frames = True
-                self._turn_confirmed = True
-        elif isinstance(frame, UserStoppedSpeakingFrame):
-            self._saw_user_turn_frames = True
-            self._use_pipeline_turns()
-            self._end_pipeline_turn()
-        elif isinstance(frame, VADUserStoppedSpeakingFrame):
-            # The user aggregator's turn may outlast a VAD pause; only a pipeline
-            # that never sends UserStoppedSpeakingFrame ends turns on VAD.
-            self._use_pipeline_turns()
-            if not self._saw_user_turn_frames:
-                self._end_pipeline_turn()
-            elif not self._turn_confirmed:
-                self._turn_audio = None  # speech the turn strategies did not take
-        elif isinstance(frame, InterruptionFrame):
+        await self._perform(self._turn_actions(frame))
+        if isinstance(frame, InterruptionFrame):
             await self._cancel_responses()
-
         await self.push_frame(frame, direction)
 
-    # -- turn collection -----------------------------------------------------------
+    def _turn_actions(self, frame: Frame) -> list[Action]:
+        """Feed a frame to the turn state machine."""
+        turns = self._turns
+        match frame:
+            case InputAudioRawFrame():
+                return turns.audio(bytes(frame.audio), frame.sample_rate, frame.num_channels)
+            case SpeechControlParamsFrame(vad_params=vad) if vad is not None:
+                return turns.vad_params(vad.start_secs)
+            case UserStartedSpeakingFrame():
+                return turns.user_started()
+            case VADUserStartedSpeakingFrame():
+                return turns.vad_started()
+            case UserStoppedSpeakingFrame():
+                return turns.user_stopped()
+            case VADUserStoppedSpeakingFrame():
+                return turns.vad_stopped()
+        return []
 
-    def _handle_speech_control(self, frame: SpeechControlParamsFrame) -> None:
-        if frame.vad_params is None:
-            return
-        self._use_pipeline_turns()
-        if self._params.pre_roll_secs is None:
-            self._pre_roll_secs = frame.vad_params.start_secs + PRE_ROLL_MARGIN_SECS
-
-    def _use_pipeline_turns(self) -> None:
-        """In auto mode, the first sign of pipeline VAD retires own segmentation."""
-        if self._pipeline_turns or self._params.turn_detection == "own":
-            return
-        self._pipeline_turns = True
-        self._segmenter = None
-
-    async def _handle_audio(self, frame: InputAudioRawFrame) -> None:
-        fmt = (frame.sample_rate, frame.num_channels)
-        if fmt != self._audio_format:
-            # A format change mid-turn cannot be stitched: start collecting afresh.
-            self._audio_format = fmt
-            self._pre_roll.clear()
-            self._pre_roll_bytes = 0
-            if self._turn_audio is not None:
-                self._turn_audio = bytearray()
-        audio = bytes(frame.audio)
-        if self._turn_audio is not None:
-            self._turn_audio.extend(audio)
-            limit = self._bytes_for(self._params.max_turn_secs)
-            if len(self._turn_audio) > limit:
-                del self._turn_audio[: len(self._turn_audio) - limit]
-        self._remember_pre_roll(audio)
-        if not self._pipeline_turns:
-            await self._segment(frame)
-
-    def _bytes_for(self, seconds: float) -> int:
-        rate, channels = self._audio_format or (self._in_sample_rate, 1)
-        return int(seconds * rate) * channels * 2
-
-    def _remember_pre_roll(self, audio: bytes) -> None:
-        self._pre_roll.append(audio)
-        self._pre_roll_bytes += len(audio)
-        budget = self._bytes_for(
-            DEFAULT_PRE_ROLL_SECS if self._pre_roll_secs is None else self._pre_roll_secs
-        )
-        while self._pre_roll and self._pre_roll_bytes - len(self._pre_roll[0]) >= budget:
-            self._pre_roll_bytes -= len(self._pre_roll.popleft())
-
-    def _begin_turn(self) -> None:
-        if self._turn_audio is not None:
-            return  # VAD and user-turn start frames both arrive for one turn
-        self._turn_confirmed = False
-        # The pre-roll already holds the audio frames that arrived before this one.
-        self._turn_audio = bytearray(b"".join(self._pre_roll))
-
-    def _end_pipeline_turn(self) -> None:
-        audio, self._turn_audio = self._turn_audio, None
-        self._turn_confirmed = False
-        if audio is None or self._audio_format is None:
-            return
-        rate, channels = self._audio_format
-        if len(audio) < self._bytes_for(self._params.min_turn_secs) or not audio:
-            logger.debug(f"{self}: ignoring a {len(audio)}-byte turn (shorter than min_turn_secs)")
-            return
-        self._dispatch(self._make_turn(bytes(audio), rate, channels, "int16"))
-
-    # -- own segmentation ----------------------------------------------------------
-
-    def _new_segmenter(self) -> TurnSegmenter:
-        from sarsteer_guard.audio.vad import TurnSegmenter
-
-        p = self._params
-        return TurnSegmenter(
-            aggressiveness=p.vad_aggressiveness,
-            frame_ms=20,
-            end_silence_ms=p.vad_end_silence_ms,
-            min_speech_ms=p.vad_min_speech_ms,
-            max_turn_s=p.max_turn_secs,
-            padding_ms=int(1000 * (self._pre_roll_secs or 0.15)),
-        )
-
-    async def _segment(self, frame: InputAudioRawFrame) -> None:
-        if self._segmenter is None:
-            self._segmenter = self._new_segmenter()
-        seg = self._segmenter
-        turns = seg.push(frame.audio, frame.sample_rate, channels=frame.num_channels)
-        if seg.in_speech and not turns:
-            if self._own_speech_since is None:
-                self._own_speech_since = seg.position_s
-            elif (
-                not self._own_speech_announced
-                and seg.position_s - self._own_speech_since >= self._params.barge_in_ms / 1000
-            ):
-                await self._announce_own_speech()
-        for turn in turns:
-            await self._on_own_turn(turn)
-        if not seg.in_speech and self._own_speech_since is not None and not turns:
-            # Speech the segmenter dropped (a click, a cough): close what was announced.
-            await self._reset_own_speech(close=True)
-
-    def _own_segmentation_confirmed(self) -> bool:
-        """Own mode, or auto mode after a whole turn came without pipeline VAD."""
-        return self._params.turn_detection == "own" or self._saw_own_turn
-
-    async def _announce_own_speech(self) -> None:
-        """Speech long enough to be a barge-in: behave like a pipeline VAD would."""
-        self._own_speech_announced = True
-        if not self._own_segmentation_confirmed():
-            return  # auto mode's first turn: nothing to interrupt, pipeline VAD may appear
-        if self._params.emit_user_speaking_frames:
-            await self.push_frame(UserStartedSpeakingFrame())
-            self._own_start_pushed = True
-        if self._params.allow_interruptions:
-            # The bot may still be speaking an earlier answer: stop TTS and output too.
-            await self._cancel_responses()
-            await self.broadcast_interruption()  # type: ignore[no-untyped-call]  # unannotated upstream
-
-    async def _reset_own_speech(self, *, close: bool) -> None:
-        if close and self._own_start_pushed:
-            await self.push_frame(UserStoppedSpeakingFrame())
-        self._own_speech_since = None
-        self._own_speech_announced = False
-        self._own_start_pushed = False
-
-    async def _on_own_turn(self, speech: SpeechTurn) -> None:
-        self._saw_own_turn = True
-        if self._params.emit_user_speaking_frames:
-            if not self._own_start_pushed:
-                await self.push_frame(UserStartedSpeakingFrame())
-            await self.push_frame(UserStoppedSpeakingFrame())
-        await self._reset_own_speech(close=False)
-        self._dispatch(self._make_turn(speech.audio, speech.sample_rate, 1, "float32"))
+    async def _perform(self, actions: list[Action]) -> None:
+        """Do what the turn state machine decided, in order."""
+        for action in actions:
+            match action:
+                case SpeechStarted():
+                    await self.push_frame(UserStartedSpeakingFrame())
+                case SpeechStopped():
+                    await self.push_frame(UserStoppedSpeakingFrame())
+                case Interrupt():
+                    # The bot may still be speaking an earlier answer: stop TTS and output too.
+                    await self._cancel_responses()
+                    await self.broadcast_interruption()  # type: ignore[no-untyped-call]  # unannotated upstream
+                case UserTurn():
+                    self._dispatch(self._make_turn(action))
 
     # -- responses -----------------------------------------------------------------
 
-    def _make_turn(
-        self,
-        audio: Any,
-        sample_rate: int,
-        channels: int,
-        sample_format: Literal["int16", "float32"],
-    ) -> Turn:
+    def _make_turn(self, user_turn: UserTurn) -> Turn:
         return Turn(
-            audio=audio,
-            sample_rate=sample_rate,
-            channels=channels,
-            sample_format=sample_format,
+            audio=user_turn.audio,
+            sample_rate=user_turn.sample_rate,
+            channels=user_turn.channels,
+            sample_format=user_turn.sample_format,
             session_id=self._session_id,
             context=dict(self._context),
             max_new_tokens=self._params.max_new_tokens,
@@ -500,39 +421,20 @@ class SARSteerGuardService(AIService):
         if previous:
             # asyncio.wait, not await: cancelling this task must not cancel those.
             await asyncio.wait(previous)
-        await self._ensure_started()
-        if self._start_error is not None:
+        try:
+            guard = await self._handle.start()  # shielded: a cancelled turn keeps the load
+        except Exception as e:
             await self._report_error(
-                TurnError(turn.turn_id, "unavailable", f"guard not started: {self._start_error}")
+                TurnError(turn.turn_id, "unavailable", f"guard not started: {e}")
             )
             return
-        stream = self.guard.respond(turn)
-        opened = False
-        streamed = False
+        response = _ResponseFrames(self)
         await self.start_ttfb_metrics()
         await self.start_processing_metrics()
         try:
-            async for event in stream:
-                if isinstance(event, TextDelta):
-                    if not event.text:
-                        continue
-                    if not opened:
-                        opened = True
-                        await self.stop_ttfb_metrics()
-                        await self.push_frame(LLMFullResponseStartFrame())
-                    streamed = True
-                    await self.push_frame(LLMTextFrame(event.text))
-                elif isinstance(event, TurnDecision):
-                    if not streamed and event.text:
-                        # A guard that serves the whole answer at the end (no deltas).
-                        if not opened:
-                            opened = True
-                            await self.stop_ttfb_metrics()
-                            await self.push_frame(LLMFullResponseStartFrame())
-                        await self.push_frame(LLMTextFrame(event.text))
-                    await self._report_decision(event)
-                elif isinstance(event, TurnError):
-                    await self._report_error(event)
+            async with turn_events(guard, turn) as events:
+                async for event in events:
+                    await self._on_event(response, event)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a broken guard must not take the pipeline down
@@ -542,10 +444,19 @@ class SARSteerGuardService(AIService):
                 category=ErrorCategory.UNKNOWN,
             )
         finally:
-            await _aclose(stream)
             await self.stop_processing_metrics()
-            if opened:
-                await self.push_frame(LLMFullResponseEndFrame())
+            await response.close()
+
+    async def _on_event(self, response: _ResponseFrames, event: GuardEvent) -> None:
+        if isinstance(event, TextDelta):
+            await response.text(event.text)
+        elif isinstance(event, TurnDecision):
+            if not response.streamed:
+                # A guard that serves the whole answer at the end (no deltas).
+                await response.text(event.text)
+            await self._report_decision(event)
+        elif isinstance(event, TurnError):
+            await self._report_error(event)
 
     async def _report_decision(self, decision: TurnDecision) -> None:
         if decision.tokens:
@@ -567,60 +478,27 @@ class SARSteerGuardService(AIService):
         )
         await self._call_event_handler("on_turn_error", error)
 
-    # -- guard ---------------------------------------------------------------------
 
-    def _build_guard(self) -> SpeechGuard:
-        """Import lazily: the in-process Guard pulls torch, a RemoteGuard does not."""
-        from sarsteer_guard.guard.factory import build_guard
+class _ResponseFrames:
+    """One turn's response frames: Start before the first text, End only if Start went out."""
 
-        return build_guard(remote_url=self._remote_url, **self._guard_config)
+    def __init__(self, service: SARSteerGuardService) -> None:
+        self._service = service
+        self.opened = False
+        self.streamed = False
 
-    async def _start_guard(self) -> None:
-        try:
-            await self.guard.start()
-            self._guard_started = True
-        except Exception as e:
-            logger.error(f"{self}: SARSteer guard failed to start: {e}")
-            self._start_error = e
-            if self._running:
-                await self._push_start_error()
-
-    async def _push_start_error(self) -> None:
-        await self.push_error(
-            f"SARSteer guard failed to start: {self._start_error}",
-            exception=self._start_error,
-            force_treat_as_permanent=True,
-        )
-
-    async def _ensure_started(self) -> None:
-        """Wait for the background start (or start now if setup never ran)."""
-        if self._guard_started or self._start_error is not None:
+    async def text(self, text: str) -> None:
+        """Push a text frame (empty text pushes nothing), opening the response first."""
+        if not text:
             return
-        if self._start_task is None:
-            self._start_task = self.create_task(self._start_guard(), name="sarsteer-guard-start")
-        # asyncio.wait, not await: a cancelled turn must not cancel the model load.
-        await asyncio.wait({self._start_task})
+        if not self.opened:
+            self.opened = True
+            await self._service.stop_ttfb_metrics()
+            await self._service.push_frame(LLMFullResponseStartFrame())
+        self.streamed = True
+        await self._service.push_frame(LLMTextFrame(text))
 
-    async def _shutdown(self) -> None:
-        self._running = False
-        await self._cancel_responses()
-        if self._start_task is not None and not self._start_task.done():
-            await self.cancel_task(self._start_task)
-        self._start_task = None
-        if not (self._owns_guard and self._guard is not None and self._guard_started):
-            return
-        self._guard_started = False
-        try:
-            await self._guard.close()
-        except Exception as e:
-            logger.warning(f"{self}: closing the SARSteer guard failed: {e}")
-
-
-async def _aclose(stream: AsyncIterator[GuardEvent]) -> None:
-    """Close a response stream: the Guard's signal that the turn is over (or cancelled)."""
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception as e:
-            logger.debug(f"closing a SARSteer response stream raised {e!r}")
+    async def close(self) -> None:
+        """Close the response, so downstream state (aggregators, TTS) resets."""
+        if self.opened:
+            await self._service.push_frame(LLMFullResponseEndFrame())

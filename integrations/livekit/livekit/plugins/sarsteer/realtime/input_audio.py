@@ -25,7 +25,7 @@ import numpy.typing as npt
 import soxr
 from livekit import rtc
 from sarsteer_guard.audio.pcm import FloatArray, to_mono_float
-from sarsteer_guard.audio.vad import VAD_RATE, SegmenterSettings, TurnSegmenter, segment_audio
+from sarsteer_guard.audio.vad import VAD_RATE, SegmenterSettings, segment_audio
 
 #: RMS below this (about -50 dBFS) is room tone: a commit of only that is no turn.
 SILENCE_RMS = 0.003
@@ -156,7 +156,7 @@ class TurnDetector:
 
     def __init__(self, settings: SegmenterSettings) -> None:
         self._settings = settings
-        self._segmenter = self._new_segmenter()
+        self._segmenter = settings.new_segmenter()
         self._speaking = False
 
     @property
@@ -183,16 +183,5 @@ class TurnDetector:
 
     def clear(self) -> None:
         """Forget the open turn and all pre-roll."""
-        self._segmenter = self._new_segmenter()
+        self._segmenter = self._settings.new_segmenter()
         self._speaking = False
-
-    def _new_segmenter(self) -> TurnSegmenter:
-        s = self._settings
-        return TurnSegmenter(
-            aggressiveness=s.aggressiveness,
-            frame_ms=s.frame_ms,
-            padding_ms=s.padding_ms,
-            min_speech_ms=s.min_speech_ms,
-            end_silence_ms=s.end_silence_ms,
-            max_turn_s=s.max_turn_s,
-        )

@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -42,6 +42,7 @@ from livekit.agents import llm, utils
 from livekit.agents.types import NOT_GIVEN, NotGivenOr
 from sarsteer_guard.audio.pcm import FloatArray
 from sarsteer_guard.audio.vad import VAD_RATE, SegmenterSettings
+from sarsteer_guard.connect import GuardHandle, turn_events
 from sarsteer_guard.errors import GuardError
 from sarsteer_guard.guard.events import (
     ContextValue,
@@ -118,8 +119,9 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
         max_new_tokens: int | None = None,
         session_id: str | None = None,
     ) -> None:
-        if guard is not None and remote_url is not None:
-            raise GuardError("pass either guard= or remote_url=, not both")
+        handle = GuardHandle.from_options(
+            guard, model=model, policy=policy, store=store, audit=audit, remote_url=remote_url
+        )
         if max_new_tokens is not None and max_new_tokens < 1:
             raise GuardError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         llm.RealtimeModel.__init__(
@@ -138,16 +140,12 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
             ),
         )
         rtc.EventEmitter.__init__(self)
-        self._guard = guard
-        self._owns_guard = guard is None
-        self._guard_options = {"model": model, "policy": policy, "store": store, "audit": audit}
+        self._handle = handle
         self._model_name = model if remote_url is None else "remote"
-        self._remote_url = remote_url
         self._context: dict[str, ContextValue] = dict(context or {})
         self._turn_detection = turn_detection
         self._max_new_tokens = max_new_tokens
         self._session_id = session_id
-        self._start_task: asyncio.Task[SpeechGuard] | None = None
         self._sessions: weakref.WeakSet[RealtimeSession] = weakref.WeakSet()
         self._closed = False
 
@@ -164,7 +162,7 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
     @property
     def guard(self) -> SpeechGuard | None:
         """The guard, once given or built (None before the first turn or :meth:`start`)."""
-        return self._guard
+        return self._handle.current
 
     @property
     def context(self) -> Mapping[str, ContextValue]:
@@ -204,17 +202,12 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
 
         Sessions call this on the first turn; call it yourself (e.g. before
         ``session.start``) so the first user turn does not wait for the model to load.
-        A failed start is retried by the next call.
+        A failed start is retried by the next call; a cancelled caller (barge-in during
+        loading) does not abort the load.
         """
         if self._closed:
             raise GuardError("this RealtimeModel is closed; create a new one")
-        if self._start_task is None or (
-            self._start_task.done()
-            and (self._start_task.cancelled() or self._start_task.exception() is not None)
-        ):
-            self._start_task = asyncio.create_task(self._start_guard(), name="sarsteer.start")
-        # Shielded: a cancelled turn (barge-in during loading) must not abort the load.
-        return await asyncio.shield(self._start_task)
+        return await self._handle.start()
 
     async def aclose(self) -> None:
         """Close every session and, if this model built it, the guard (idempotent)."""
@@ -223,26 +216,7 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
         self._closed = True
         for sess in list(self._sessions):
             await sess.aclose()
-        task, self._start_task = self._start_task, None
-        if task is not None and not task.done():
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-        if self._owns_guard and self._guard is not None:
-            guard, self._guard = self._guard, None
-            await guard.close()
-
-    async def _start_guard(self) -> SpeechGuard:
-        if self._guard is None:
-            self._guard = self._build_guard()
-        await self._guard.start()
-        return self._guard
-
-    def _build_guard(self) -> SpeechGuard:
-        """Import lazily: the in-process Guard pulls torch, a RemoteGuard does not."""
-        from sarsteer_guard.guard.factory import build_guard
-
-        return build_guard(remote_url=self._remote_url, **self._guard_options)
+        await self._handle.close()
 
 
 @dataclass
@@ -523,33 +497,31 @@ class RealtimeSession(llm.RealtimeSession[SarsteerEvent]):
                 self._generation = None
 
     async def _stream(self, guard: SpeechGuard, gen: _Generation) -> None:
-        events: AsyncIterator[GuardEvent] = guard.respond(gen.turn)
+        """Feed the guard's events into ``gen``; leaving early (interrupt) cancels the turn."""
         try:
-            async for event in events:
-                if isinstance(event, TextDelta):
-                    if event.text and not gen.text_ch.closed:
-                        gen.text += event.text
-                        gen.text_ch.send_nowait(event.text)
-                elif isinstance(event, TurnDecision):
-                    gen.decision = event
-                    logger.debug(
-                        "sarsteer turn decided",
-                        extra={"turn_id": event.turn_id, "refused": event.refused},
-                    )
-                    self.emit("sarsteer_decision", event)
-                    self._model.emit("sarsteer_decision", event)
-                elif isinstance(event, TurnError):
-                    self._emit_error(GuardTurnError(event), recoverable=True)
+            async with turn_events(guard, gen.turn) as events:
+                async for event in events:
+                    self._on_event(gen, event)
         except asyncio.CancelledError:
             raise
         except Exception as error:
             self._emit_error(error, recoverable=True)
-        finally:
-            # Closing the iterator is how a SpeechGuard learns of a barge-in.
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
+
+    def _on_event(self, gen: _Generation, event: GuardEvent) -> None:
+        if isinstance(event, TextDelta):
+            if event.text and not gen.text_ch.closed:
+                gen.text += event.text
+                gen.text_ch.send_nowait(event.text)
+        elif isinstance(event, TurnDecision):
+            gen.decision = event
+            logger.debug(
+                "sarsteer turn decided",
+                extra={"turn_id": event.turn_id, "refused": event.refused},
+            )
+            self.emit("sarsteer_decision", event)
+            self._model.emit("sarsteer_decision", event)
+        elif isinstance(event, TurnError):
+            self._emit_error(GuardTurnError(event), recoverable=True)
 
     async def _prewarm_guard(self) -> None:
         try:

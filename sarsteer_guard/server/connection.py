@@ -1,0 +1,335 @@
+"""One ``sarsteer.v1`` WebSocket: many turns, multiplexed by ``turn_id``.
+
+A turn moves through three places on a connection: ``collecting`` (after ``turn.start``,
+audio arriving), ``running`` (after ``turn.end``, the guard's events streaming back, see
+:mod:`.turns`), then gone, with exactly one final message (``decision``, ``error`` or
+``cancelled``). A turn that got its final error early is remembered for a while in
+``rejected`` so its late audio and ``turn.end`` are dropped quietly. Anything a client gets
+wrong is answered with an ``error`` for that turn (or for the connection, ``turn_id``
+null) and the connection stays usable. Memory is bounded: ``max_open_turns`` turns of at
+most ``max_turn_s`` audio each, and ``_REJECTED_MEMORY`` remembered ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, assert_never
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from sarsteer_guard._version import __version__
+from sarsteer_guard.guard.events import GuardEvent, Turn
+from sarsteer_guard.server import metrics
+from sarsteer_guard.server.auth import TokenBucket
+from sarsteer_guard.server.protocol import (
+    CLOSE_GOING_AWAY,
+    PROTOCOL,
+    AudioMsg,
+    ProtocolError,
+    TurnCancelMsg,
+    TurnEndMsg,
+    TurnStartMsg,
+    dumps,
+    error_message,
+    event_to_message,
+    new_session_id,
+    parse_message,
+)
+from sarsteer_guard.server.service import GuardService
+from sarsteer_guard.server.settings import ServerSettings
+from sarsteer_guard.server.turns import CancelReason, RunningTurn, run_turn
+
+#: Turn ids remembered after an early final error, so their late audio is dropped quietly.
+_REJECTED_MEMORY = 256
+
+
+def hello_message(settings: ServerSettings) -> dict[str, Any]:
+    """The first message on every connection: protocol and the limits clients must respect."""
+    s = settings
+    return {
+        "type": "hello",
+        "protocol": PROTOCOL,
+        "server_version": __version__,
+        "limits": {
+            "max_message_bytes": s.max_message_bytes,
+            "max_turn_s": s.max_turn_s,
+            "turn_timeout_s": s.turn_timeout_s,
+            "rate_limit_per_s": s.rate_limit_per_s,
+            "max_open_turns": s.max_open_turns,
+            "max_new_tokens": s.max_new_tokens_cap,
+        },
+    }
+
+
+@dataclass
+class _Collecting:
+    """A turn receiving audio."""
+
+    start: TurnStartMsg
+    limit: int
+    chunks: list[bytes] = field(default_factory=list)
+    size: int = 0
+
+
+class TurnConnection:
+    """One WebSocket carrying many turns; also the :class:`~.turns.TurnOutput` of its turns."""
+
+    def __init__(self, websocket: WebSocket, service: GuardService) -> None:
+        self.ws = websocket
+        self.service = service
+        self.settings = service.settings
+        self.collecting: dict[str, _Collecting] = {}
+        self.running: dict[str, RunningTurn] = {}
+        self.rejected: OrderedDict[str, None] = OrderedDict()
+        self.bucket = TokenBucket(self.settings.rate_limit_per_s)
+        # Turns that name no session get this one: private to the connection, forgotten
+        # when it closes (a shared default would mix strangers' conversations).
+        self.default_session_id = new_session_id()
+        self._default_session_used = False
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+        self._shutdown = False
+
+    @property
+    def open_turns(self) -> int:
+        """Turns receiving audio or generating on this connection."""
+        return len(self.collecting) + len(self.running)
+
+    # -- sending (TurnOutput) ----------------------------------------------------------------
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send one JSON message; a gone peer just marks the connection closed."""
+        if self._closed:
+            return
+        text = dumps(message)
+        async with self._send_lock:
+            try:
+                await self.ws.send_text(text)
+            except (WebSocketDisconnect, RuntimeError, OSError):
+                self._closed = True
+
+    async def event(self, event: GuardEvent) -> None:
+        """A guard event as its wire message."""
+        await self.send(event_to_message(event))
+
+    async def error(self, turn_id: str | None, kind: str, message: str) -> None:
+        """Send an ``error`` message and count it."""
+        metrics.ERRORS.labels(kind=kind).inc()
+        await self.send(error_message(turn_id, kind, message))
+
+    async def cancelled(self, turn_id: str) -> None:
+        """The final message of a cancelled turn."""
+        await self.send({"type": "cancelled", "turn_id": turn_id})
+
+    # -- receiving ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Serve the connection until the peer closes it or the server drains."""
+        metrics.CONNECTIONS.inc()
+        self.service.connections.add(self)
+        try:
+            await self.send(hello_message(self.settings))
+            with contextlib.suppress(WebSocketDisconnect):
+                await self._receive()
+        finally:
+            await self._closed_by_peer()
+
+    async def _receive(self) -> None:
+        while True:
+            message = await self.ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            frame: str | bytes | None = message.get("bytes")
+            if frame is None:
+                frame = message.get("text")
+            if frame is None:
+                continue
+            try:
+                await self._handle(frame)
+            except ProtocolError as error:
+                await self._protocol_error(error)
+
+    async def _handle(self, frame: str | bytes) -> None:
+        message = parse_message(
+            frame,
+            max_bytes=self.settings.max_message_bytes,
+            default_session_id=self.default_session_id,
+        )
+        match message:
+            case TurnStartMsg():
+                await self._on_start(message)
+            case AudioMsg(turn_id=turn_id, pcm=pcm):
+                await self._on_audio(turn_id, pcm)
+            case TurnEndMsg(turn_id=turn_id):
+                await self._on_end(turn_id)
+            case TurnCancelMsg(turn_id=turn_id):
+                await self._on_cancel(turn_id)
+            case _:
+                assert_never(message)
+
+    async def _protocol_error(self, error: ProtocolError) -> None:
+        """An error naming a turn that can still end is that turn's final message.
+
+        One that cannot end a turn (no id, or the turn is generating or already ended)
+        is sent connection-level, with a null ``turn_id``.
+        """
+        turn_id = error.turn_id
+        if turn_id is None or turn_id in self.running or turn_id in self.rejected:
+            await self.error(None, error.kind, str(error))
+        else:
+            await self._fail_turn(turn_id, error.kind, str(error))
+
+    # -- turn messages -----------------------------------------------------------------------
+    async def _on_start(self, start: TurnStartMsg) -> None:
+        turn_id = start.turn_id
+        if turn_id in self.collecting or turn_id in self.running:
+            # No turn_id on the error: it would end the open turn of the same id.
+            raise ProtocolError(
+                f"turn_id {turn_id!r} is already open on this connection: use a fresh id per turn"
+            )
+        self.rejected.pop(turn_id, None)
+        refusal = self._admission_refusal()
+        if refusal is not None:
+            await self._fail_turn(turn_id, *refusal)
+            return
+        self.collecting[turn_id] = _Collecting(
+            start=start, limit=start.max_audio_bytes(self.settings.max_turn_s)
+        )
+        metrics.OPEN_TURNS.inc()
+
+    def _admission_refusal(self) -> tuple[str, str] | None:
+        """Why a new turn may not start now, as (kind, message); None admits it.
+
+        The rate limit is checked last: only an admitted turn spends a token.
+        """
+        s = self.settings
+        if self.service.draining or self._shutdown:
+            return "shutting_down", "the server is shutting down: retry on a new connection"
+        ready, reason = self.service.readiness()
+        if not ready:
+            return "not_ready", f"{reason}; retry shortly (GET /readyz)"
+        if self.open_turns >= s.max_open_turns:
+            return "rate_limited", (
+                f"{self.open_turns} turns are already open on this connection (max "
+                f"{s.max_open_turns}): end or cancel one first"
+            )
+        if not self.bucket.take():
+            return "rate_limited", (
+                f"more than {s.rate_limit_per_s:g} turns per second on this connection: slow down"
+            )
+        return None
+
+    async def _on_audio(self, turn_id: str, pcm: bytes) -> None:
+        turn = self.collecting.get(turn_id)
+        if turn is None:
+            if turn_id in self.rejected or turn_id in self.running:
+                return  # late audio of a turn that already has its final message
+            raise ProtocolError(f"audio for unknown turn_id {turn_id!r}: send turn.start first")
+        turn.size += len(pcm)
+        if turn.size > turn.limit:
+            await self._fail_turn(
+                turn_id,
+                "bad_request",
+                f"turn {turn_id} has more than {self.settings.max_turn_s:g} s of audio: end "
+                "turns sooner (segment speech into shorter turns)",
+            )
+            return
+        turn.chunks.append(pcm)
+
+    async def _on_end(self, turn_id: str) -> None:
+        collecting = self.collecting.pop(turn_id, None)
+        if collecting is None:
+            if turn_id in self.rejected:
+                return
+            raise ProtocolError(f"turn.end for unknown turn_id {turn_id!r}: send turn.start first")
+        if collecting.start.session_id == self.default_session_id:
+            self._default_session_used = True
+        running = RunningTurn(turn=self._turn(collecting), ended_at=time.perf_counter())
+        self.running[turn_id] = running
+        running.task = asyncio.get_running_loop().create_task(self._run_turn(running))
+
+    def _turn(self, collecting: _Collecting) -> Turn:
+        start = collecting.start
+        return Turn(
+            audio=b"".join(collecting.chunks),
+            sample_rate=start.sample_rate,
+            channels=start.channels,
+            sample_format=start.sample_format,
+            session_id=start.session_id,
+            context=start.context,
+            turn_id=start.turn_id,
+            # Clamped, not refused: one 4096-token turn would hold its whole batch.
+            max_new_tokens=self.settings.clamp_max_new_tokens(start.max_new_tokens),
+        )
+
+    async def _on_cancel(self, turn_id: str) -> None:
+        if self.collecting.pop(turn_id, None) is not None:
+            self.service.turn_closed()
+            self._reject(turn_id)
+            metrics.TURNS.labels(outcome="cancelled").inc()
+            await self.cancelled(turn_id)
+            return
+        running = self.running.get(turn_id)
+        if running is not None:
+            running.cancel("client")
+        # Otherwise the turn already has its final message: a racing cancel is a no-op.
+
+    # -- turn bookkeeping --------------------------------------------------------------------
+    async def _run_turn(self, running: RunningTurn) -> None:
+        try:
+            await run_turn(
+                self.service.guard, running, self, timeout_s=self.settings.turn_timeout_s
+            )
+        finally:
+            # Nothing above may skip this: the drain counts on every turn being closed.
+            self.running.pop(running.turn_id, None)
+            self.service.turn_closed()
+            metrics.TURNS.labels(outcome=running.outcome).inc()
+
+    def _reject(self, turn_id: str) -> None:
+        self.rejected[turn_id] = None
+        while len(self.rejected) > _REJECTED_MEMORY:
+            self.rejected.popitem(last=False)
+
+    async def _fail_turn(self, turn_id: str, kind: str, message: str) -> None:
+        """Final error for a turn that is not generating; its late audio is ignored."""
+        if self.collecting.pop(turn_id, None) is not None:
+            self.service.turn_closed()
+        self._reject(turn_id)
+        metrics.TURNS.labels(outcome="error").inc()
+        await self.error(turn_id, kind, message)
+
+    async def _cancel_all(self, reason: CancelReason) -> None:
+        tasks = [r.task for r in self.running.values() if r.task is not None]
+        for running in list(self.running.values()):
+            running.cancel(reason)
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- ending ------------------------------------------------------------------------------
+    async def _closed_by_peer(self) -> None:
+        """The socket is gone: cancel its turns, forget its private session."""
+        self._closed = True
+        for _ in range(len(self.collecting)):
+            self.service.turn_closed()
+        self.collecting.clear()
+        await self._cancel_all("disconnect")
+        if self._default_session_used:
+            self.service.forget_session(self.default_session_id)
+        self.service.connections.discard(self)
+        metrics.CONNECTIONS.dec()
+
+    async def shutdown(self) -> None:
+        """End open turns (shutting_down) and close with 1001 so clients reconnect elsewhere."""
+        self._shutdown = True
+        for turn_id in list(self.collecting):
+            await self._fail_turn(
+                turn_id, "shutting_down", "the server shut down before turn.end: retry the turn"
+            )
+        await self._cancel_all("shutdown")
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(Exception):
+                await self.ws.close(code=CLOSE_GOING_AWAY, reason="server shutting down")
