@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from sarsteer_guard.audio.pcm import float_to_pcm16
-from sarsteer_guard.errors import GuardError
-from sarsteer_guard.guard.core import Guard
 from sarsteer_guard.backends.transformers import TransformersBackend
+from sarsteer_guard.errors import GuardError
 from sarsteer_guard.guard.backend import RowRequest, SteeringSpec
+from sarsteer_guard.guard.core import Guard
 from sarsteer_guard.guard.events import HistoryItem, Turn, TurnDecision, TurnError
 from sarsteer_guard.models import Message, load_model
 from sarsteer_guard.testing.audit import CapturingAuditLog
