@@ -11,7 +11,6 @@ rows and row events, never a framework object.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -19,32 +18,28 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from sarsteer_guard.errors import AudioError, GuardError, one_line
+from sarsteer_guard.errors import GuardError, one_line
 from sarsteer_guard.guard import metrics
-from sarsteer_guard.guard.backend import (
-    GenerationBackend,
-    RowDelta,
-    RowDone,
-    RowFailed,
-    RowHandle,
-    RowRequest,
-    SteeringSpec,
-)
+from sarsteer_guard.guard.backend import GenerationBackend, RowDelta, RowDone, RowFailed, RowHandle
 from sarsteer_guard.guard.conversation import ConversationStore, turn_conversation
 from sarsteer_guard.guard.events import GuardEvent, TextDelta, Turn, TurnDecision, TurnError
 from sarsteer_guard.guard.gate import GateVerdict, RefusalGate
-from sarsteer_guard.guard.turn import PreparedTurn, build_decision, row_error, shadow_outcome
+from sarsteer_guard.guard.turn import (
+    PreparedTurn,
+    build_decision,
+    row_error,
+    shadow_outcome,
+    turn_audio,
+    turn_rows,
+)
 from sarsteer_guard.log import get_logger
 from sarsteer_guard.refusal import RefusalDetector
 
 if TYPE_CHECKING:
     from sarsteer_guard.audit.base import AuditLog
-    from sarsteer_guard.guard.auditing import AuditWriter
-    from sarsteer_guard.guard.vectors import LoadedVectors, VectorProvider
+    from sarsteer_guard.guard.resources import Resources
     from sarsteer_guard.models.base import AudioLanguageModel, ModelFacts
-    from sarsteer_guard.policy import Policy, PolicyDecision, PolicyWatcher
+    from sarsteer_guard.policy import Policy, PolicyWatcher
     from sarsteer_guard.steering import SteeringVectors
     from sarsteer_guard.store import VectorStore
 
@@ -133,16 +128,11 @@ class Guard:
         )
         #: The generation backend (the named one exists from ``load()`` on).
         self.engine: GenerationBackend | None = None if isinstance(engine, str) else engine
-        self.audit_log: AuditLog | None = None
         self._policy: Policy | None = None
         self._watcher: PolicyWatcher | None = None
-        self._store: VectorStore | None = None
-        self._vectors: VectorProvider | None = None
-        self._auditor: AuditWriter | None = None
-        self._facts: ModelFacts | None = None
+        self._res: Resources | None = None  # stores, audit, vectors: from load() on
         self._detectors: dict[tuple[str, ...], RefusalDetector] = {}
-        self._loaded = False
-        self._started = False
+        self._loaded = self._started = False
         self._load_lock = asyncio.Lock()
         # Its own small pool: a long calibration must not starve the default executor
         # that integrations also use (audit writes have theirs, in the AuditWriter).
@@ -153,13 +143,12 @@ class Guard:
         """Load everything (blocking, idempotent): call it to prewarm a worker process."""
         if self._loaded:
             return
-        from sarsteer_guard.guard.auditing import AuditWriter
-        from sarsteer_guard.guard.vectors import VectorProvider
+        from sarsteer_guard.guard.resources import open_resources
 
         started = time.perf_counter()
         engine = self._open_engine()
         engine.load()
-        facts = self._facts = engine.facts
+        facts = engine.facts
         if facts.is_test_model:
             log.warning(
                 "guard.test_model",
@@ -168,15 +157,13 @@ class Guard:
                 "or path> (e.g. Qwen/Qwen2-Audio-7B-Instruct) to guard real traffic",
             )
         self._load_policy()
-        store = self._store = self._open_store()
-        self.audit_log = self._open_audit_log()
-        self._auditor = AuditWriter(self.audit_log, facts)
-        self._vectors = VectorProvider(
+        self._res = open_resources(
             engine,
-            store,
-            batch_size=self.calibration_batch_size,
+            store=self._store_spec,
+            audit=self._audit_spec,
+            vectors=self._vectors_spec,
+            calibration_batch_size=self.calibration_batch_size,
             progress=self.progress,
-            fixed=self._fixed_vectors(facts),
         )
         self._prewarm_vectors(self.policy)
         self._loaded = True
@@ -202,36 +189,6 @@ class Guard:
             )
         return self.engine
 
-    def _open_store(self) -> VectorStore:
-        spec = self._store_spec
-        if spec is None or isinstance(spec, str | Path):
-            from sarsteer_guard.store import open_store
-
-            return open_store(None if spec is None else str(spec))
-        return spec
-
-    def _open_audit_log(self) -> AuditLog:
-        spec = self._audit_spec
-        if spec is None or isinstance(spec, str | Path):
-            from sarsteer_guard.audit import open_audit_log
-
-            return open_audit_log(None if spec is None else str(spec))
-        return spec
-
-    def _fixed_vectors(self, facts: ModelFacts) -> SteeringVectors | None:
-        if self._vectors_spec is None:
-            return None
-        from sarsteer_guard.steering import SteeringVectors
-
-        spec = self._vectors_spec
-        vectors = spec if isinstance(spec, SteeringVectors) else SteeringVectors.load(spec)
-        vectors.check_compatible(
-            num_layers=facts.num_layers,
-            hidden_size=facts.hidden_size,
-            fingerprint=facts.fingerprint,
-        )
-        return vectors
-
     async def start(self) -> None:
         """Load (in a thread, so the event loop keeps serving) and start the engine."""
         async with self._load_lock:
@@ -239,8 +196,7 @@ class Guard:
                 return
             await asyncio.to_thread(self.load)
             self._vector_pool = ThreadPoolExecutor(1, thread_name_prefix="sarsteer-vectors")
-            if self._auditor is not None:
-                self._auditor.start()
+            self._resources().auditor.start()
             await asyncio.to_thread(self._open_engine().start)
             if self._watcher is not None:
                 self._watcher.start()
@@ -259,14 +215,9 @@ class Guard:
             if self._vector_pool is not None:
                 await asyncio.to_thread(self._vector_pool.shutdown, True)
                 self._vector_pool = None
-            if self._auditor is not None:
-                await asyncio.to_thread(self._auditor.close)  # audits in flight finish
-            for resource in (self.audit_log, self._store):
-                if resource is not None:
-                    with contextlib.suppress(Exception):
-                        resource.close()
-            self._started = False
-            self._loaded = False
+            if self._res is not None:
+                await asyncio.to_thread(self._res.close)  # audits in flight finish first
+            self._started = self._loaded = False
 
     async def __aenter__(self) -> Guard:
         await self.start()
@@ -287,9 +238,12 @@ class Guard:
     @property
     def model_facts(self) -> ModelFacts:
         """The served model's facts (from ``load()`` on; read once, they never change)."""
-        if self._facts is None:
-            raise GuardError("the guard has no model yet: call load() or await start()")
-        return self._facts
+        return self._resources().facts
+
+    @property
+    def audit_log(self) -> AuditLog | None:
+        """The audit log (None before ``load()``)."""
+        return None if self._res is None else self._res.audit_log
 
     @property
     def ready(self) -> bool:
@@ -330,7 +284,7 @@ class Guard:
         requests = [d.vector_request for d in policy.possible_decisions() if d.alpha > 0]
         for request in dict.fromkeys(requests):
             try:
-                self._provider().get(request)
+                self._resources().vectors.get(request)
             except Exception as error:  # the failure mode applies per turn; start goes on
                 log.warning("guard.vectors_unavailable_at_start", error=one_line(error))
 
@@ -342,10 +296,10 @@ class Guard:
         except Exception as error:  # the reload already happened; turns report per-turn errors
             log.error("guard.policy_prewarm_failed", error=one_line(error))
 
-    def _provider(self) -> VectorProvider:
-        if self._vectors is None:
+    def _resources(self) -> Resources:
+        if self._res is None:
             raise GuardError("the guard is not loaded: call load() or await start()")
-        return self._vectors
+        return self._res
 
     def _running_engine(self) -> GenerationBackend:
         if self.engine is None:
@@ -378,7 +332,7 @@ class Guard:
             decision = self.policy.evaluate(dict(turn.context))
             if self.alpha_override is not None:
                 decision = dataclasses.replace(decision, alpha=self.alpha_override)
-            audio = self._turn_audio(turn)
+            audio = turn_audio(turn, self.model_facts.sampling_rate, max_s=self.max_turn_s)
         except GuardError as error:
             metrics.FAILURES.labels(kind=error.kind).inc()
             return TurnError(turn.turn_id, error.kind, one_line(error))
@@ -393,30 +347,9 @@ class Guard:
             )
         return PreparedTurn(turn=turn, decision=decision, audio=audio, submitted=submitted)
 
-    def _turn_audio(self, turn: Turn) -> np.ndarray:
-        from sarsteer_guard.audio import pcm_to_float
-
-        rate = self.model_facts.sampling_rate
-        audio = pcm_to_float(
-            turn.audio,
-            sample_rate=turn.sample_rate,
-            channels=turn.channels,
-            target_rate=rate,
-            dtype=turn.sample_format,
-        )
-        if audio.size == 0:
-            raise AudioError("the turn has no audio samples: send at least 0.1 s of speech")
-        seconds = audio.shape[0] / rate
-        if seconds > self.max_turn_s:
-            raise AudioError(
-                f"the turn is {seconds:.1f} s long but at most {self.max_turn_s:.0f} s is "
-                "accepted: segment the stream into shorter turns"
-            )
-        return audio
-
     async def _attach_vectors(self, prepared: PreparedTurn) -> PreparedTurn:
         """The turn with its vector set, or flagged for its policy's failure mode."""
-        provider = self._provider()
+        provider = self._resources().vectors
         request = prepared.decision.vector_request
         try:
             vectors = provider.cached(request)
@@ -439,44 +372,22 @@ class Guard:
             detector = self._detectors[keywords] = RefusalDetector(keywords)
         return detector
 
-    def _steering_spec(
-        self, decision: PolicyDecision, vectors: LoadedVectors | None
-    ) -> SteeringSpec:
-        if vectors is None:
-            return SteeringSpec()
-        num_layers = self.model_facts.num_layers
-        return SteeringSpec(
-            vectors=vectors,
-            layer_ids=tuple(decision.resolve_layers(num_layers)),
-            beta=tuple(decision.resolve_beta(num_layers)),
-            prompt_only=decision.prompt_only,
-        )
-
-    def _rows(self, prepared: PreparedTurn) -> tuple[RowRequest, RowRequest | None]:
-        """The served row and, in shadow mode with vectors, the steered row it is compared with."""
-        turn, decision = prepared.turn, prepared.decision
-        conversation = turn_conversation(
-            system_prompt=decision.system_prompt,
-            history=turn.history
-            if turn.history is not None
-            else self.conversations.history(turn.session_id),
-            prompt=self.turn_prompt if self.turn_prompt is not None else decision.turn_prompt,
-            audio=prepared.audio,
-            rate=self.model_facts.sampling_rate,
-        )
-        spec = self._steering_spec(decision, prepared.vectors)
-        alpha = decision.alpha if prepared.vectors is not None else 0.0
-        budget = min(turn.max_new_tokens or self.max_new_tokens, self.max_new_tokens_cap)
-        served = RowRequest(
-            conversation, spec, 0.0 if decision.shadow else alpha, budget, tag=turn.turn_id
-        )
-        if not (decision.shadow and alpha > 0):
-            return served, None
-        return served, RowRequest(conversation, spec, alpha, budget, tag=f"{turn.turn_id}:shadow")
-
     def _submit(self, prepared: PreparedTurn) -> tuple[RowHandle, RowHandle | None, float]:
         """Submit the turn's rows; returns them and the served row's alpha."""
-        served_row, shadow_row = self._rows(prepared)
+        turn, decision = prepared.turn, prepared.decision
+        facts = self.model_facts
+        history = turn.history
+        conversation = turn_conversation(
+            system_prompt=decision.system_prompt,
+            history=self.conversations.history(turn.session_id) if history is None else history,
+            prompt=self.turn_prompt if self.turn_prompt is not None else decision.turn_prompt,
+            audio=prepared.audio,
+            rate=facts.sampling_rate,
+        )
+        budget = min(turn.max_new_tokens or self.max_new_tokens, self.max_new_tokens_cap)
+        served_row, shadow_row = turn_rows(
+            prepared, conversation, num_layers=facts.num_layers, budget=budget
+        )
         engine = self._running_engine()
         served = engine.submit(served_row)
         try:
@@ -558,9 +469,7 @@ class Guard:
         if turn.history is None:
             rate = self.model_facts.sampling_rate
             self.conversations.append(turn.session_id, prepared.audio, rate, event.text)
-        audit_id = None
-        if self._auditor is not None:
-            audit_id = self._auditor.submit(turn, prepared.decision, prepared.audio, event)
+        audit_id = self._resources().auditor.submit(turn, prepared.decision, prepared.audio, event)
         log.info(
             "guard.turn",
             turn_id=turn.turn_id,

@@ -15,17 +15,26 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from sarsteer_guard.errors import one_line
-from sarsteer_guard.guard.backend import RowDone, RowFailed, RowHandle
+from sarsteer_guard.errors import AudioError, one_line
+from sarsteer_guard.guard.backend import RowDone, RowFailed, RowHandle, RowRequest, SteeringSpec
 from sarsteer_guard.guard.events import Timings, Turn, TurnDecision, TurnError
 from sarsteer_guard.refusal import RefusalDetector
 
 if TYPE_CHECKING:
     from sarsteer_guard.guard.gate import GateVerdict
     from sarsteer_guard.guard.vectors import LoadedVectors
+    from sarsteer_guard.models.base import Message
     from sarsteer_guard.policy import PolicyDecision
 
-__all__ = ["PreparedTurn", "build_decision", "row_error", "shadow_outcome"]
+__all__ = [
+    "PreparedTurn",
+    "build_decision",
+    "row_error",
+    "shadow_outcome",
+    "steering_spec",
+    "turn_audio",
+    "turn_rows",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +65,63 @@ class PreparedTurn:
     def turn_id(self) -> str:
         """The turn's id."""
         return self.turn.turn_id
+
+
+def turn_audio(turn: Turn, rate: int, *, max_s: float) -> np.ndarray:
+    """The turn's audio as float32 mono at the model's ``rate`` (the audio front end).
+
+    Raises:
+        AudioError: undecodable, empty, or longer than ``max_s`` seconds.
+    """
+    from sarsteer_guard.audio import pcm_to_float
+
+    audio = pcm_to_float(
+        turn.audio,
+        sample_rate=turn.sample_rate,
+        channels=turn.channels,
+        target_rate=rate,
+        dtype=turn.sample_format,
+    )
+    if audio.size == 0:
+        raise AudioError("the turn has no audio samples: send at least 0.1 s of speech")
+    seconds = audio.shape[0] / rate
+    if seconds > max_s:
+        raise AudioError(
+            f"the turn is {seconds:.1f} s long but at most {max_s:.0f} s is "
+            "accepted: segment the stream into shorter turns"
+        )
+    return audio
+
+
+def steering_spec(
+    decision: PolicyDecision, vectors: LoadedVectors | None, num_layers: int
+) -> SteeringSpec:
+    """How the policy steers a turn's rows on a model with ``num_layers`` layers."""
+    if vectors is None:
+        return SteeringSpec()
+    return SteeringSpec(
+        vectors=vectors,
+        layer_ids=tuple(decision.resolve_layers(num_layers)),
+        beta=tuple(decision.resolve_beta(num_layers)),
+        prompt_only=decision.prompt_only,
+    )
+
+
+def turn_rows(
+    prepared: PreparedTurn, conversation: list[Message], *, num_layers: int, budget: int
+) -> tuple[RowRequest, RowRequest | None]:
+    """The served row and, in shadow mode with vectors, the steered row it is compared with.
+
+    In shadow mode the served row runs unsteered (alpha 0) and the shadow row carries the
+    policy's alpha; a turn without vectors is never steered.
+    """
+    decision, tag = prepared.decision, prepared.turn_id
+    spec = steering_spec(decision, prepared.vectors, num_layers)
+    alpha = decision.alpha if prepared.vectors is not None else 0.0
+    served = RowRequest(conversation, spec, 0.0 if decision.shadow else alpha, budget, tag=tag)
+    if not (decision.shadow and alpha > 0):
+        return served, None
+    return served, RowRequest(conversation, spec, alpha, budget, tag=f"{tag}:shadow")
 
 
 def build_decision(
