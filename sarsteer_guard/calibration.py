@@ -359,7 +359,23 @@ def calibrate(
         harmful_base, harmful_refusal, benign_base, k=config.k, lam=config.lam
     )
     seconds = time.perf_counter() - started
-    meta = VectorMeta(
+    meta = _meta(facts, harmful, benign, config)
+    rows = 2 * (len(harmful.items) + len(benign.items))
+    log.info(
+        "calibration.done", seconds=round(seconds, 2), rows_per_second=round(rows / seconds, 1)
+    )
+    return CalibrationResult(
+        vectors=SteeringVectors(vectors=vectors, meta=meta),
+        activations=Activations(harmful_base, harmful_refusal, benign_base, benign_refusal),
+        seconds=seconds,
+        rows_per_second=rows / seconds,
+    )
+
+
+def _meta(
+    facts: ModelFacts, harmful: Manifest, benign: Manifest, config: CalibrationConfig
+) -> VectorMeta:
+    return VectorMeta(
         model_id=facts.model_id,
         model_fingerprint=facts.fingerprint,
         num_layers=facts.num_layers,
@@ -376,16 +392,6 @@ def calibrate(
         library_version=__version__,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         refusal_separator=config.refusal_separator,
-    )
-    rows = 2 * (len(harmful.items) + len(benign.items))
-    log.info(
-        "calibration.done", seconds=round(seconds, 2), rows_per_second=round(rows / seconds, 1)
-    )
-    return CalibrationResult(
-        vectors=SteeringVectors(vectors=vectors, meta=meta),
-        activations=Activations(harmful_base, harmful_refusal, benign_base, benign_refusal),
-        seconds=seconds,
-        rows_per_second=rows / seconds,
     )
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -31,7 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelSteering"]
 
-_shared: weakref.WeakKeyDictionary[torch.nn.Module, ModelSteering] = weakref.WeakKeyDictionary()
+# Models that some backend serves now -> their steering (an entry leaves with its last user).
+_shared: dict[torch.nn.Module, ModelSteering] = {}
 _shared_lock = threading.Lock()
 
 #: Reads the prefill readout of the batch that just ran: one float per row, or None.
@@ -70,9 +70,11 @@ class ModelSteering:
             if self._users == 0:
                 return
             self._users -= 1
-            if self._users == 0 and self._hooks is not None:
-                self._hooks.close()
-                self._hooks = None
+            if self._users == 0:
+                if self._hooks is not None:
+                    self._hooks.close()
+                    self._hooks = None
+                _shared.pop(self._lm.model, None)
 
     @property
     def hooks(self) -> SteeringHooks | None:
