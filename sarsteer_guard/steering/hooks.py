@@ -256,9 +256,9 @@ class SteeringHooks(_LayerHooks):
     :meth:`set_readout_layer`, :meth:`set_alpha` and :meth:`set_enabled`. With ``max_rows`` the
     offsets are preallocated ``[max_rows, hidden]`` buffers: ``set_alpha`` with up to
     ``max_rows`` values (or one for all rows) rewrites them in place, rows past the given values
-    get exact zeros, and the hooks add the first ``batch`` rows. More values than ``max_rows``
-    grow the buffers once (a new allocation). A disabled instance leaves every output untouched
-    and records no readout.
+    get exact zeros, and the hooks add the rows in use (a view kept ready, so a call never
+    slices). More values than ``max_rows`` grow the buffers once (a new allocation). A disabled
+    instance leaves every output untouched and records no readout.
 
     The hooks edit the output in place when autograd does not need it (``no_grad`` /
     ``inference_mode`` / outputs without grad) and out of place otherwise. The hook path has
@@ -316,6 +316,9 @@ class SteeringHooks(_LayerHooks):
         # Device state, built by start(): per hooked layer (keyed by layer index).
         self._bv: dict[int, torch.Tensor] = {}  # beta_l * v_l, float32, layer device
         self._delta: dict[int, torch.Tensor] = {}  # alpha * beta_l * v_l, [rows, H], layer dtype
+        # What the hooks add: ``_delta`` itself, or with ``max_rows`` a view of its first rows
+        # (one row when one alpha is given: it broadcasts). Kept ready so a call never slices.
+        self._active: dict[int, torch.Tensor] = {}
         self._unit: torch.Tensor | None = None  # unit(v_readout), float32, layer device
         self._readout: torch.Tensor | None = None
 
@@ -467,7 +470,12 @@ class SteeringHooks(_LayerHooks):
         self._bv[idx] = v * self._beta[idx].item()
         if idx == self._readout_layer:
             self._unit = _unit_of(v)
-        self._delta[idx] = self._offset(idx).to(dtype)
+        self._set_delta(idx, self._offset(idx).to(dtype))
+
+    def _set_delta(self, idx: int, delta: torch.Tensor) -> None:
+        self._delta[idx] = delta
+        given = self._alpha.numel()
+        self._active[idx] = delta if self._max_rows is None else delta[:given]
 
     def _offset(self, idx: int) -> torch.Tensor:
         bv = self._bv[idx]
@@ -508,8 +516,9 @@ class SteeringHooks(_LayerHooks):
             new = self._offset(idx).to(old.dtype)
             if new.shape == old.shape:
                 old.copy_(new)
+                self._set_delta(idx, old)  # the rows in use may have changed
             else:
-                self._delta[idx] = new
+                self._set_delta(idx, new)
 
     def _make_hook(self, idx: int) -> Any:
         hidden = self._hidden
@@ -532,7 +541,12 @@ class SteeringHooks(_LayerHooks):
                 self._readout = hs[:, -1, :].detach().float() @ unit
             if idx not in self._steered or (self.prompt_only and seq == 1):
                 return None
-            delta = self._rows_for(idx, hs)
+            delta = self._active[idx]
+            rows = hs.shape[0]
+            if (delta.shape[0] != rows and delta.shape[0] != 1) or (
+                delta.device != hs.device or delta.dtype != hs.dtype
+            ):
+                delta = self._fit(idx, hs)
             if torch.is_grad_enabled() and full.requires_grad:
                 full = full.clone()  # autograd may need the original: edit a copy
                 _stream(full)[:, -1, :].add_(delta)
@@ -542,26 +556,19 @@ class SteeringHooks(_LayerHooks):
 
         return hook
 
-    def _rows_for(self, idx: int, hs: torch.Tensor) -> torch.Tensor:
-        """Layer ``idx``'s offsets for this batch: ``[1 or batch, hidden]`` in ``hs``'s dtype."""
-        delta = self._delta[idx]
+    def _fit(self, idx: int, hs: torch.Tensor) -> torch.Tensor:
+        """Slow path: move layer ``idx``'s buffers to ``hs``'s device/dtype, or explain a misfit."""
+        delta = self._active[idx]
         if delta.device != hs.device or delta.dtype != hs.dtype:
             self._place(idx, hs.device, hs.dtype)  # layer moved or autocast: once
-            delta = self._delta[idx]
-        rows, given = hs.shape[0], self._alpha.shape[0]
+            delta = self._active[idx]
+        rows, given = hs.shape[0], delta.shape[0]
         if given != 1 and given != rows:
             raise VectorsError(
                 f"alpha has {given} rows but the batch has {rows}: "
                 "call set_alpha with one value per row (or one for all)"
             )
-        if delta.shape[0] == rows or delta.shape[0] == 1:
-            return delta
-        if delta.shape[0] < rows:
-            raise VectorsError(
-                f"the batch has {rows} rows but the steering buffers hold {delta.shape[0]}: "
-                "build SteeringHooks with max_rows of at least the batch size"
-            )
-        return delta[:rows]
+        return delta
 
 
 def _unit_of(v: torch.Tensor) -> torch.Tensor:
