@@ -142,14 +142,8 @@ class TransformersBackend:
 
         lm = self.lm
 
-        def job() -> torch.Tensor:
-            steering = self._steering
-            if steering is None:
-                return capture_last_states(lm, conversations)
-            with steering.lock:  # the steering hooks are disabled between batches
-                return capture_last_states(lm, conversations)
-
-        return self.run_exclusive(job)
+        # Between batches the steering hooks are disabled, so the states are unsteered.
+        return self.run_exclusive(lambda: capture_last_states(lm, conversations))
 
     # -- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -223,12 +217,22 @@ class TransformersBackend:
     def run_exclusive(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` with the model to itself (between batches); blocks until it is done.
 
-        Called from the worker thread, or while the backend is stopped, it runs inline.
+        Called from the worker thread, or while the backend is stopped, it runs inline. Either
+        way it holds the model's lock, which also keeps out another backend serving the same
+        loaded model.
         """
+        lm = self._lm
+
+        def locked() -> T:
+            if lm is None:
+                return fn()
+            with ModelSteering.exclusive(lm):
+                return fn()
+
         thread = self._thread
         if thread is None or not thread.is_alive() or threading.current_thread() is thread:
-            return fn()
-        job = _Job(fn)
+            return locked()
+        job = _Job(locked)
         with self._lock:
             if self._stopping.is_set():
                 raise GuardError("the guard is shutting down; retry on another replica")

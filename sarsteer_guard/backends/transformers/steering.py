@@ -64,8 +64,15 @@ class ModelSteering:
                 steering._users += 1
             return steering
 
+    @staticmethod
+    def exclusive(lm: AudioLanguageModel) -> contextlib.AbstractContextManager[object]:
+        """Hold the model's lock if some backend serves it (nothing to hold otherwise)."""
+        with _shared_lock:
+            steering = _shared.get(lm.model)
+        return contextlib.nullcontext() if steering is None else steering.lock
+
     def release(self) -> None:
-        """Give the steering back; the last user removes the hooks (idempotent per user)."""
+        """Give the steering back (once per :meth:`acquire`); the last user removes the hooks."""
         with _shared_lock, self.lock:
             if self._users == 0:
                 return
