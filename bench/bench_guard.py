@@ -268,8 +268,15 @@ def main() -> None:
     )
     parser.add_argument("--window-ms", type=float, default=10.0)
     parser.add_argument("--segmenter-repeats", type=int, default=5, help="0: skip")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads (default: torch's)"
+    )
     args = parser.parse_args()
     quiet_logs()
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     result: dict[str, Any] = {"benchmark": "guard_latency_throughput", "machine": machine_info()}
     result.update(asyncio.run(_run(args)))
     if args.segmenter_repeats > 0:

@@ -14,6 +14,13 @@ decode (first token to last, ``tokens - 1`` steps). Cases:
 - ``steer_alpha0``: the same hooks at alpha 0, the compile-friendly "always registered" mode.
 - ``capture``: :class:`LastPositionCapture` left registered during generation (what the reference
   implementation pays per token; the product only captures during calibration).
+- ``steer_persistent``: the transformers backend's form: hooks over every layer with
+  ``max_rows=16`` buffers, the batch's vectors and per-row alpha 0.1 written in place.
+- ``steer_disabled``: the same hooks registered but disabled: what an unsteered batch pays while
+  a backend keeps its hooks on the model.
+
+The last two need a library with ``SteeringHooks(max_rows=...)``; with an older one (when
+comparing versions side by side) they are left out.
 
 Overhead = median(decode case) / median(decode none) - 1, and the median of per-round paired
 ratios (less sensitive to drift). Also: the capture's cost on a calibration-style forward pass
@@ -47,7 +54,7 @@ from _common import (
 )
 
 TARGET_OVERHEAD = 0.05
-CASES = ("none", "steer", "steer_alpha0", "capture")
+CASES = ("none", "steer", "steer_alpha0", "capture", "steer_persistent", "steer_disabled")
 
 
 class _StepClock:
@@ -70,6 +77,28 @@ class _StepClock:
         """Nothing buffered."""
 
 
+def _cases() -> tuple[str, ...]:
+    import inspect
+
+    from sarsteer_guard.steering import SteeringHooks
+
+    persistent = "max_rows" in inspect.signature(SteeringHooks).parameters
+    return CASES if persistent else CASES[:4]
+
+
+def _persistent(layers: Any, vectors: Any, rows: int, *, enabled: bool) -> Any:
+    """Hooks as the transformers backend keeps them, set up for one batch of ``rows``."""
+    import torch
+
+    from sarsteer_guard.steering import SteeringHooks
+
+    hooks = SteeringHooks(layers, torch.zeros_like(vectors), alpha=0.0, max_rows=16)
+    hooks.set_vectors(vectors)
+    hooks.set_alpha([0.1] * rows)
+    hooks.set_enabled(enabled)
+    return hooks
+
+
 def _one_generate(
     model: Any, layers: Any, vectors: Any, inputs: Any, case: str, tokens: int, sync: Any
 ) -> dict[str, float]:
@@ -86,6 +115,9 @@ def _one_generate(
         hooks = SteeringHooks(layers, vectors, alpha=0.0)
     elif case == "capture":
         hooks = LastPositionCapture(layers)
+    elif case in ("steer_persistent", "steer_disabled"):
+        rows = int(inputs["input_ids"].shape[0])
+        hooks = _persistent(layers, vectors, rows, enabled=case == "steer_persistent")
     else:  # pragma: no cover - programming error
         raise ValueError(case)
     clock = _StepClock(sync)
@@ -200,6 +232,9 @@ def _hook_call_cost(hidden: int, rows: int, calls: int = 2000) -> dict[str, floa
         "steer_alpha0": lambda: SteeringHooks([layer], vec, alpha=0.0),
         "capture": lambda: LastPositionCapture([layer]),
     }
+    if "steer_persistent" in _cases():
+        makers["steer_persistent"] = lambda: _persistent([layer], vec, rows, enabled=True)
+        makers["steer_disabled"] = lambda: _persistent([layer], vec, rows, enabled=False)
     runs = interleaved({k: (lambda m=m: with_hooks(m)) for k, m in makers.items()}, 7, seed=11)
     base = statistics.median(runs["none"])
     return {k: round(statistics.median(v) - base, 2) for k, v in runs.items() if k != "none"}
@@ -215,10 +250,11 @@ def _bench_batch(
     sync: Any,
     seed: int,
 ) -> dict[str, Any]:
+    cases = _cases()
     runs = interleaved(
         {
             case: (lambda c=case: _one_generate(model, layers, vectors, inputs, c, tokens, sync))
-            for case in CASES
+            for case in cases
         },
         repeats,
         seed=seed,
@@ -226,7 +262,7 @@ def _bench_batch(
     out: dict[str, Any] = {"cases": {}}
     base_decode = statistics.median(r["decode_s"] for r in runs["none"])
     base_step = statistics.median(r["median_step_s"] for r in runs["none"])
-    for case in CASES:
+    for case in cases:
         rs = runs[case]
         entry: dict[str, Any] = {
             "prefill_ms": summarize([r["prefill_s"] for r in rs]),
@@ -286,7 +322,7 @@ def run_tiny(args: Any) -> dict[str, Any]:
         clips = [load_audio(paths[i % len(paths)], target_rate=lm.sampling_rate) for i in range(b)]
         inputs = lm.encode([[Message("user", DEFAULT_PROMPT, clip)] for clip in clips])
         for _ in range(2):  # warm-up: allocator, kernels, lazy imports
-            for case in CASES:
+            for case in _cases():
                 _one_generate(lm.model, lm.decoder_layers, vectors, inputs, case, args.tokens, None)
         entry = _bench_batch(
             lm.model, lm.decoder_layers, vectors, inputs, args.tokens, args.repeats, None, seed=b
@@ -307,6 +343,11 @@ def run_tiny(args: Any) -> dict[str, Any]:
         "steer_step_overhead": first["cases"]["steer"]["step_overhead_paired_median"],
         "steer_alpha0_step_overhead": first["cases"]["steer_alpha0"]["step_overhead_paired_median"],
         "capture_step_overhead": first["cases"]["capture"]["step_overhead_paired_median"],
+        **{
+            f"{case}_step_overhead": first["cases"][case]["step_overhead_paired_median"]
+            for case in ("steer_persistent", "steer_disabled")
+            if case in first["cases"]
+        },
         "steer_decode_overhead_wall": first["cases"]["steer"]["decode_overhead_paired_median"],
         "steer_overhead_from_isolated_hook_cost": first["overhead_from_isolated_hook_cost"][
             "steer"
@@ -390,7 +431,7 @@ def run_7b(args: Any, *, scale: int = 1, device: str = "cuda") -> dict[str, Any]
         ids = torch.randint(10, config.text_config.vocab_size - 10, (b, 128), generator=gen)
         inputs = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device)}
         for _ in range(2):
-            for case in CASES:
+            for case in _cases():
                 _one_generate(model, layers, vectors, inputs, case, args.tokens, sync)
         entry = _bench_batch(model, layers, vectors, inputs, args.tokens, args.repeats, sync, b)
         entry["prompt_tokens"] = 128

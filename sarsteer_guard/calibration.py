@@ -1,10 +1,13 @@
 """Calibration: run the model over harmful and benign turns and extract SARSteer vectors.
 
-This is the glue between the model adapter (which knows a family's chat format),
-the capture hooks and the extraction math (which know nothing of models or files).
-Each batch is one forward pass over ``2 x batch`` rows (every turn as is and with the
-refusal instruction appended), left padded so the captured position is each row's
-real last token, with all layers captured on the device and copied to the host once.
+This is the glue between the model (which knows a family's chat format), the capture
+hooks and the extraction math (which know nothing of models or files). Each batch is one
+capture over ``2 x batch`` rows (every turn as is and with the refusal instruction joined
+to its text prompt), returning the last-position state of every decoder layer.
+
+Captures go through a :class:`CaptureSource`: a generation backend (which runs each
+capture between its batches, so calibration and serving never share the model at once) or
+a loaded :class:`AudioLanguageModel` (captured inline by :func:`capture_last_states`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -29,18 +32,45 @@ from sarsteer_guard.defaults import (
     DEFAULT_LAMBDA,
     DEFAULT_PROMPT,
     DEFAULT_REFUSAL_INSTRUCTION,
+    DEFAULT_REFUSAL_SEPARATOR,
 )
 from sarsteer_guard.errors import ManifestError
 from sarsteer_guard.log import get_logger
 from sarsteer_guard.manifest import Manifest, ManifestItem
-from sarsteer_guard.models.base import AudioLanguageModel, Message, find_audio_encoder
+from sarsteer_guard.models.base import (
+    AudioLanguageModel,
+    Message,
+    ModelFacts,
+    find_audio_encoder,
+)
 from sarsteer_guard.steering import LastPositionCapture, SteeringVectors, VectorMeta
 from sarsteer_guard.steering.extract import refusal_vectors
+from sarsteer_guard.store.keys import VectorSetKey
 
 if TYPE_CHECKING:
     from transformers import BatchFeature
 
+    from sarsteer_guard.vector_request import VectorRequest
+
 log = get_logger(__name__)
+
+
+@runtime_checkable
+class CaptureSource(Protocol):
+    """Where calibration gets last-position states: a generation backend or a model adapter."""
+
+    @property
+    def facts(self) -> ModelFacts:
+        """The model the states come from."""
+        ...
+
+    def capture(self, conversations: Sequence[Sequence[Message]]) -> torch.Tensor:
+        """Last-position output of every decoder layer per conversation.
+
+        Returns ``[rows, layers, hidden]`` float32 on the CPU, rows in input order, each taken
+        at the row's real last token (the generation prompt included), unsteered.
+        """
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +83,20 @@ class CalibrationConfig:
     lam: float = DEFAULT_LAMBDA
     batch_size: int = 8
     text_only: bool = False
+    refusal_separator: str = DEFAULT_REFUSAL_SEPARATOR
+
+    @classmethod
+    def from_request(cls, request: VectorRequest, *, batch_size: int = 8) -> CalibrationConfig:
+        """The calibration a (non-stored) vector request asks for."""
+        return cls(
+            prompt=request.prompt,
+            refusal_instruction=request.refusal_instruction,
+            k=request.k,
+            lam=request.lam,
+            batch_size=batch_size,
+            text_only=request.text_only,
+            refusal_separator=request.refusal_separator,
+        )
 
 
 @dataclass(frozen=True)
@@ -109,7 +153,7 @@ def _user_text(item: ManifestItem, config: CalibrationConfig, *, refusal: bool) 
         text = request
     else:
         text = item.text or config.prompt
-    return f"{text} {config.refusal_instruction}" if refusal else text
+    return f"{text}{config.refusal_separator}{config.refusal_instruction}" if refusal else text
 
 
 def _conversations(
@@ -199,8 +243,45 @@ def _audio_encoded_once(model: torch.nn.Module) -> Iterator[dict[str, int]]:
             handle.remove()
 
 
+def capture_last_states(
+    lm: AudioLanguageModel, conversations: Sequence[Sequence[Message]]
+) -> torch.Tensor:
+    """One forward pass over ``conversations``: ``[rows, layers, hidden]`` float32 on the CPU.
+
+    Runs on the calling thread: the caller must be the model's only user (a backend calls it
+    between its batches). All layers are captured on the device and copied to the host once;
+    a batch that holds every clip twice (as calibration's does) encodes each clip once.
+    """
+    inputs: BatchFeature = lm.encode(conversations)
+    with (
+        torch.inference_mode(),
+        LastPositionCapture(lm.decoder_layers) as capture,
+        _audio_encoded_once(lm.model),
+    ):
+        lm.model(**inputs, **_forward_kwargs(lm.model))
+    return capture.states
+
+
+class _InlineCapture:
+    """A loaded model as a :class:`CaptureSource` (captures on the caller's thread)."""
+
+    def __init__(self, lm: AudioLanguageModel) -> None:
+        self._lm = lm
+        self.facts = lm.facts
+
+    def capture(self, conversations: Sequence[Sequence[Message]]) -> torch.Tensor:
+        return capture_last_states(self._lm, conversations)
+
+
+def as_capture_source(source: CaptureSource | AudioLanguageModel) -> CaptureSource:
+    """``source`` itself, or a loaded model wrapped to capture inline."""
+    if isinstance(source, AudioLanguageModel):
+        return _InlineCapture(source)
+    return source
+
+
 def capture_pairs(
-    lm: AudioLanguageModel,
+    source: CaptureSource | AudioLanguageModel,
     items: Sequence[ManifestItem],
     config: CalibrationConfig,
     *,
@@ -208,25 +289,19 @@ def capture_pairs(
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return last-position states ``(base, with_refusal)``, each ``[N, layers, hidden]``."""
+    source = as_capture_source(source)
+    rate = source.facts.sampling_rate
     bases: list[torch.Tensor] = []
     refusals: list[torch.Tensor] = []
-    forward_kwargs = _forward_kwargs(lm.model)
     with tqdm(total=len(items), desc=desc, unit="turn", disable=not progress) as bar:
         for batch in _batches(items, config.batch_size):
             clips = [
                 None
                 if config.text_only or item.audio is None
-                else load_audio(item.audio, target_rate=lm.sampling_rate)
+                else load_audio(item.audio, target_rate=rate)
                 for item in batch
             ]
-            inputs: BatchFeature = lm.encode(_conversations(batch, clips, config))
-            with (
-                torch.inference_mode(),
-                LastPositionCapture(lm.decoder_layers) as capture,
-                _audio_encoded_once(lm.model),
-            ):
-                lm.model(**inputs, **forward_kwargs)
-            states = capture.states
+            states = source.capture(_conversations(batch, clips, config))
             bases.append(states[: len(batch)])
             refusals.append(states[len(batch) :])
             bar.update(len(batch))
@@ -240,15 +315,26 @@ def _batches(items: Sequence[ManifestItem], size: int) -> Iterator[Sequence[Mani
 
 
 def calibrate(
-    lm: AudioLanguageModel,
+    source: CaptureSource | AudioLanguageModel,
     harmful: Manifest,
     benign: Manifest,
     config: CalibrationConfig | None = None,
     *,
     progress: bool = True,
 ) -> CalibrationResult:
-    """Compute SARSteer vectors for ``lm`` from harmful and benign calibration manifests."""
+    """Compute SARSteer vectors from harmful and benign calibration manifests.
+
+    Args:
+        source: a generation backend (captures run between its batches) or a loaded model
+            (captured on this thread; nothing else may use it meanwhile).
+        harmful: turns the refusal direction is taken from.
+        benign: turns whose principal directions are projected out.
+        config: prompt, refusal instruction and separator, k, lambda, batch size, text mode.
+        progress: show progress bars.
+    """
     config = config or CalibrationConfig()
+    source = as_capture_source(source)
+    facts = source.facts
     if not harmful.items:
         raise ManifestError(f"{harmful.path}: no harmful calibration turns; add at least one line")
     if not benign.items:
@@ -256,7 +342,7 @@ def calibrate(
     started = time.perf_counter()
     log.info(
         "calibration.start",
-        model=lm.model_id,
+        model=facts.model_id,
         harmful=len(harmful.items),
         benign=len(benign.items),
         batch_size=config.batch_size,
@@ -264,30 +350,16 @@ def calibrate(
         lam=config.lam,
     )
     harmful_base, harmful_refusal = capture_pairs(
-        lm, harmful.items, config, desc="harmful turns", progress=progress
+        source, harmful.items, config, desc="harmful turns", progress=progress
     )
     benign_base, benign_refusal = capture_pairs(
-        lm, benign.items, config, desc="benign turns", progress=progress
+        source, benign.items, config, desc="benign turns", progress=progress
     )
     vectors = refusal_vectors(
         harmful_base, harmful_refusal, benign_base, k=config.k, lam=config.lam
     )
     seconds = time.perf_counter() - started
-    meta = VectorMeta(
-        model_id=lm.model_id,
-        model_fingerprint=lm.fingerprint,
-        num_layers=lm.num_layers,
-        hidden_size=lm.hidden_size,
-        refusal_instruction=config.refusal_instruction,
-        prompt=config.prompt,
-        k=config.k,
-        lam=config.lam,
-        n_harmful=len(harmful.items),
-        n_benign=len(benign.items),
-        calibration_digest=calibration_digest(harmful, benign, config),
-        library_version=__version__,
-        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-    )
+    meta = _meta(facts, harmful, benign, config)
     rows = 2 * (len(harmful.items) + len(benign.items))
     log.info(
         "calibration.done", seconds=round(seconds, 2), rows_per_second=round(rows / seconds, 1)
@@ -300,13 +372,69 @@ def calibrate(
     )
 
 
-def calibration_digest(harmful: Manifest, benign: Manifest, config: CalibrationConfig) -> str:
-    """Digest of the turns, the prompt and the text mode, so vector sets are keyed by content."""
+def _meta(
+    facts: ModelFacts, harmful: Manifest, benign: Manifest, config: CalibrationConfig
+) -> VectorMeta:
+    return VectorMeta(
+        model_id=facts.model_id,
+        model_fingerprint=facts.fingerprint,
+        num_layers=facts.num_layers,
+        hidden_size=facts.hidden_size,
+        refusal_instruction=config.refusal_instruction,
+        prompt=config.prompt,
+        k=config.k,
+        lam=config.lam,
+        n_harmful=len(harmful.items),
+        n_benign=len(benign.items),
+        calibration_digest=calibration_digest(
+            harmful, benign, config, system_prompt=facts.default_system_prompt
+        ),
+        library_version=__version__,
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        refusal_separator=config.refusal_separator,
+    )
+
+
+def calibration_digest(
+    harmful: Manifest,
+    benign: Manifest,
+    config: CalibrationConfig,
+    *,
+    system_prompt: str | None = None,
+) -> str:
+    """Digest of the turns, the prompt and the text mode, so vector sets are keyed by content.
+
+    ``system_prompt`` is the model's default system message (``ModelFacts``); it changes
+    every captured state, so it counts when set (None leaves the digest as it always was).
+    """
     import hashlib
 
     h = hashlib.sha256()
     mode = "text_only" if config.text_only else "audio"
-    for part in (harmful.digest, benign.digest, config.prompt, mode):
+    parts = [harmful.digest, benign.digest, config.prompt, mode]
+    if system_prompt is not None:
+        parts.append(f"system:{system_prompt}")
+    for part in parts:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
+
+
+def vector_set_key(
+    facts: ModelFacts, harmful: Manifest, benign: Manifest, config: CalibrationConfig
+) -> VectorSetKey:
+    """The store key of the set :func:`calibrate` makes from these inputs (before making it).
+
+    Equal to ``VectorSetKey.from_metadata`` of that set's metadata, so a store can be asked
+    for the set before any state is captured.
+    """
+    return VectorSetKey(
+        model_fingerprint=facts.fingerprint,
+        calibration_digest=calibration_digest(
+            harmful, benign, config, system_prompt=facts.default_system_prompt
+        ),
+        refusal_instruction=config.refusal_instruction,
+        k=config.k,
+        lam=config.lam,
+        refusal_separator=config.refusal_separator,
+    )

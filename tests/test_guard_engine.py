@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from sarsteer_guard.audio.pcm import float_to_pcm16
+from sarsteer_guard.backends.transformers import TransformersBackend
 from sarsteer_guard.errors import GuardError
+from sarsteer_guard.guard.backend import RowRequest, SteeringSpec
 from sarsteer_guard.guard.core import Guard
-from sarsteer_guard.guard.engine import GenerationEngine, GenerationRequest, SteeringSpec
 from sarsteer_guard.guard.events import HistoryItem, Turn, TurnDecision, TurnError
 from sarsteer_guard.models import Message, load_model
 from sarsteer_guard.testing.audit import CapturingAuditLog
@@ -44,21 +45,20 @@ async def collect(stream: AsyncIterator[Any]) -> list[Any]:
 def test_exclusive_jobs_run_on_the_worker_between_batches(
     tiny: Any, clip: np.ndarray, run: Any
 ) -> None:
-    engine = GenerationEngine(tiny, max_batch_size=4)
+    engine = TransformersBackend(tiny, max_batch_size=4)
     engine.start()
     try:
 
         async def go() -> tuple[str, bool, Any]:
-            loop = asyncio.get_running_loop()
-            request = GenerationRequest(
-                conversation=[Message(role="user", text="Hi", audio=clip)],
-                alpha=0.0,
-                steering=SteeringSpec(),
-                max_new_tokens=24,
-                loop=loop,
-                tag="long",
+            request = engine.submit(
+                RowRequest(
+                    conversation=[Message(role="user", text="Hi", audio=clip)],
+                    alpha=0.0,
+                    steering=SteeringSpec(),
+                    max_new_tokens=24,
+                    tag="long",
+                )
             )
-            engine.submit(request)
             await asyncio.sleep(0.05)  # the batch is running now
 
             def job() -> tuple[str, bool]:
@@ -66,7 +66,7 @@ def test_exclusive_jobs_run_on_the_worker_between_batches(
                 return threading.current_thread().name, finished
 
             name, finished_first = await asyncio.to_thread(engine.run_exclusive, job)
-            events = [item async for item in request.stream()]
+            events = [(event.type, event) async for event in request.events()]
             return name, finished_first, events[-1]
 
         name, finished_first, last = run(go())
@@ -130,16 +130,11 @@ def test_a_stopped_engine_refuses_rows_and_the_guard_is_not_ready(
     assert was_ready
     assert not ready_after
     assert isinstance(events[-1], TurnError)
-    loop = asyncio.new_event_loop()
-    try:
-        request = GenerationRequest(
-            conversation=[Message(role="user", text="x")],
-            alpha=0.0,
-            steering=SteeringSpec(),
-            max_new_tokens=1,
-            loop=loop,
-        )
-        with pytest.raises(GuardError, match="not running"):
-            guard.engine.submit(request)
-    finally:
-        loop.close()
+    request = RowRequest(
+        conversation=[Message(role="user", text="x")],
+        alpha=0.0,
+        steering=SteeringSpec(),
+        max_new_tokens=1,
+    )
+    with pytest.raises(GuardError, match="not running"):
+        guard.engine.submit(request)

@@ -22,7 +22,10 @@ from transformers import (
     WhisperFeatureExtractor,
 )
 
+from sarsteer_guard.calibration import CalibrationConfig, calibration_digest
+from sarsteer_guard.defaults import DEFAULT_BENIGN, DEFAULT_HARMFUL
 from sarsteer_guard.errors import AudioError, ModelLoadError
+from sarsteer_guard.manifest import load_manifest
 from sarsteer_guard.models import (
     AudioLanguageModel,
     Message,
@@ -33,7 +36,7 @@ from sarsteer_guard.models import (
     load_model,
 )
 from sarsteer_guard.models.generic import GenericAudioLM
-from sarsteer_guard.models.qwen2_5_omni import Qwen2_5OmniThinkerLM
+from sarsteer_guard.models.qwen2_5_omni import OMNI_SYSTEM_PROMPT, Qwen2_5OmniThinkerLM
 from sarsteer_guard.models.qwen2_audio import Qwen2AudioLM
 from sarsteer_guard.testing.models import DEFAULT_PROMPT, build_tiny_model, build_tiny_tokenizer
 
@@ -400,3 +403,41 @@ def test_qwen2_5_omni_thinker_and_full_checkpoint(tmp_path: Path) -> None:
     (fp_thinker, logits_thinker), (fp_full, logits_full) = results
     assert fp_thinker == fp_full  # same thinker architecture either way
     assert torch.equal(logits_thinker, logits_full)  # the thinker.* weights were really loaded
+
+
+def test_omni_sends_its_official_system_prompt_unless_told_otherwise(tmp_path: Path) -> None:
+    thinker, tokenizer = _tiny_omni_thinker()
+    thinker.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    WhisperFeatureExtractor(feature_size=128).save_pretrained(tmp_path)  # type: ignore[no-untyped-call]  # untyped in transformers
+
+    def rendered(lm: AudioLanguageModel, conversation: list[Message]) -> str:
+        chat, _ = lm._chat(conversation)
+        return lm._render(chat)
+
+    lm = load_model(str(tmp_path))
+    assert lm.default_system_prompt == OMNI_SYSTEM_PROMPT
+    assert lm.facts.default_system_prompt == OMNI_SYSTEM_PROMPT
+    assert not lm.is_test_model
+    user = [Message("user", DEFAULT_PROMPT, _clip(0.5, 0))]
+    assert OMNI_SYSTEM_PROMPT in rendered(lm, user)
+    own = [Message("system", "Be brief."), *user]
+    assert OMNI_SYSTEM_PROMPT not in rendered(lm, own)
+    assert "Be brief." in rendered(lm, own)
+
+    plain = load_model(str(tmp_path), default_system_prompt=None)
+    assert OMNI_SYSTEM_PROMPT not in rendered(plain, user)
+    assert plain.facts.default_system_prompt is None
+    # The prompt reaches the model (so calibration, which encodes the same way, sees it too).
+    assert not torch.equal(_last_logits(lm, [user]), _last_logits(plain, [user]))
+    harmful = load_manifest(DEFAULT_HARMFUL)
+    benign = load_manifest(DEFAULT_BENIGN)
+    assert calibration_digest(
+        harmful, benign, CalibrationConfig(), system_prompt=OMNI_SYSTEM_PROMPT
+    ) != calibration_digest(harmful, benign, CalibrationConfig())
+
+
+def test_the_loader_marks_built_in_models_as_test_models(tiny: AudioLanguageModel) -> None:
+    assert tiny.is_test_model
+    assert tiny.facts.is_test_model
+    assert tiny.default_system_prompt is None  # Qwen2-Audio: its template's own default

@@ -19,6 +19,7 @@ def register(subparsers: Any) -> None:
         DEFAULT_LAMBDA,
         DEFAULT_PROMPT,
         DEFAULT_REFUSAL_INSTRUCTION,
+        DEFAULT_REFUSAL_SEPARATOR,
     )
 
     p = subparsers.add_parser(
@@ -28,6 +29,9 @@ def register(subparsers: Any) -> None:
         "without the refusal instruction, and write the steering vectors (safetensors).",
     )
     p.add_argument("--model", default="tiny", help="hub id, local directory, or a built-in: tiny")
+    p.add_argument(
+        "--engine", default="transformers", help="generation backend that runs the model"
+    )
     p.add_argument("--harmful", type=Path, default=DEFAULT_HARMFUL, help="harmful manifest")
     p.add_argument("--benign", type=Path, default=DEFAULT_BENIGN, help="benign manifest")
     p.add_argument("--out", type=Path, required=True, help="vector file to write")
@@ -36,6 +40,13 @@ def register(subparsers: Any) -> None:
         "--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA, help="projection strength"
     )
     p.add_argument("--refusal-instruction", default=DEFAULT_REFUSAL_INSTRUCTION)
+    p.add_argument(
+        "--refusal-separator",
+        default=DEFAULT_REFUSAL_SEPARATOR,
+        metavar="TEXT",
+        help="joins the prompt and the refusal instruction (default: nothing, as the SARSteer "
+        "reference does; --refusal-separator ' ' gives the form used before it was recorded)",
+    )
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt sent with each clip")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--text-only", action="store_true", help="calibrate on transcripts, no audio")
@@ -54,10 +65,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Calibrate and write the vectors (and optionally the activations)."""
+    from sarsteer_guard.backends import open_backend
     from sarsteer_guard.calibration import CalibrationConfig, calibrate
     from sarsteer_guard.errors import GuardError
     from sarsteer_guard.manifest import load_manifest
-    from sarsteer_guard.models import load_model
 
     if args.k < 0 or args.batch_size < 1:
         raise GuardError("--k must be >= 0 and --batch-size >= 1")
@@ -70,7 +81,9 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None:
         harmful = dataclasses.replace(harmful, items=harmful.items[: args.limit])
         benign = dataclasses.replace(benign, items=benign.items[: args.limit])
-    lm = load_model(args.model)
+    backend = open_backend(args.engine, args.model)
+    backend.load()  # not started: captures run on this thread
+    facts = backend.facts
     config = CalibrationConfig(
         prompt=args.prompt,
         refusal_instruction=args.refusal_instruction,
@@ -78,8 +91,9 @@ def run(args: argparse.Namespace) -> int:
         lam=args.lam,
         batch_size=args.batch_size,
         text_only=args.text_only,
+        refusal_separator=args.refusal_separator,
     )
-    result = calibrate(lm, harmful, benign, config, progress=not args.no_progress)
+    result = calibrate(backend, harmful, benign, config, progress=not args.no_progress)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.vectors.save(args.out)
     if args.save_activations is not None:
@@ -93,13 +107,14 @@ def run(args: argparse.Namespace) -> int:
         json.dumps(
             {
                 "out": str(args.out),
-                "model": lm.model_id,
-                "layers": lm.num_layers,
-                "hidden_size": lm.hidden_size,
+                "model": facts.model_id,
+                "layers": facts.num_layers,
+                "hidden_size": facts.hidden_size,
                 "harmful": len(harmful.items),
                 "benign": len(benign.items),
                 "k": args.k,
                 "lambda": args.lam,
+                "refusal_separator": args.refusal_separator,
                 "digest": result.vectors.digest,
                 "vector_norm_max": round(float(norms.max()), 6),
                 "seconds": round(result.seconds, 2),

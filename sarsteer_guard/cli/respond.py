@@ -25,6 +25,9 @@ def register(subparsers: Any) -> None:
         "and the answer is printed as text or JSON.",
     )
     p.add_argument("--model", default="tiny", help="hub id, local directory, or a built-in: tiny")
+    p.add_argument(
+        "--engine", default="transformers", help="generation backend that runs the model"
+    )
     p.add_argument("--audio", type=Path, required=True, help="WAV/FLAC/OGG/MP3, any rate")
     p.add_argument("--vectors", type=Path, default=None, help="vector file from `calibrate`")
     p.add_argument("--alpha", type=float, default=None, help="override the policy's alpha")
@@ -71,6 +74,7 @@ async def _respond(args: argparse.Namespace, audio: Any, rate: int, context: Any
         args.policy,
         args.store,
         args.audit,
+        engine=args.engine,
         vectors=args.vectors,
         alpha=args.alpha,
         turn_prompt=args.prompt,

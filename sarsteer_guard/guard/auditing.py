@@ -1,9 +1,11 @@
-"""Turning a decided turn into an audit draft, with the policy's privacy settings applied."""
+"""Auditing decided turns: the draft (the policy's privacy settings applied) and its write."""
 
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,12 +18,82 @@ from sarsteer_guard.audit.record import (
     redact_context,
     utcnow,
 )
-from sarsteer_guard.errors import AuditError
+from sarsteer_guard.errors import AuditError, one_line
+from sarsteer_guard.guard import metrics
 from sarsteer_guard.guard.events import Turn, TurnDecision
 from sarsteer_guard.log import get_logger
 from sarsteer_guard.policy import PolicyDecision
 
+if TYPE_CHECKING:
+    from sarsteer_guard.audit.base import AuditLog
+    from sarsteer_guard.models.base import ModelFacts
+
 log = get_logger(__name__)
+
+
+class AuditWriter:
+    """Writes the audit records of decided turns on a small pool of its own.
+
+    The record id is handed out at once and the write is not awaited: a slow or unreachable
+    audit backend (the spool absorbs outages, but a hung socket still takes its timeout) must
+    not delay the end of a voice turn, and a failed write never fails the turn.
+    :meth:`close` waits for the writes already queued.
+    """
+
+    def __init__(self, audit_log: AuditLog, model: ModelFacts, *, workers: int = 2) -> None:
+        self._log = audit_log
+        self._model = model
+        self._workers = workers
+        self._pool: ThreadPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the pool (idempotent)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="sarsteer-audit")
+
+    def close(self) -> None:
+        """Wait for queued writes, then stop the pool (idempotent)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    def submit(
+        self, turn: Turn, decision: PolicyDecision, audio: np.ndarray, event: TurnDecision
+    ) -> str | None:
+        """Queue the turn's record if the policy wants one; return its id (None: not recorded)."""
+        record = decision.audit_record
+        pool = self._pool
+        if record == "none" or (record == "refused" and not event.refused) or pool is None:
+            return None
+        from sarsteer_guard.audit.record import new_record_id
+
+        record_id = new_record_id()
+        pool.submit(self._write, turn, decision, audio, event, record_id)
+        return record_id
+
+    def _write(
+        self,
+        turn: Turn,
+        decision: PolicyDecision,
+        audio: np.ndarray,
+        event: TurnDecision,
+        record_id: str,
+    ) -> None:
+        try:
+            draft = build_audit_draft(
+                turn=turn,
+                decision=decision,
+                event=event,
+                audio=audio,
+                sample_rate=self._model.sampling_rate,
+                model_id=self._model.model_id,
+                model_fingerprint=self._model.fingerprint,
+                record_id=record_id,
+            )
+            self._log.append(draft)
+        except Exception as error:  # auditing must never take a voice turn down
+            metrics.AUDIT_FAILURES.inc()
+            log.error("guard.audit_failed", turn_id=turn.turn_id, error=one_line(error))
 
 
 def build_audit_draft(

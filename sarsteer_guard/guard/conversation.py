@@ -11,11 +11,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sarsteer_guard.guard.events import HistoryItem
+
+if TYPE_CHECKING:
+    from sarsteer_guard.models.base import Message
 
 #: Qwen2-Audio's encoder emits about 25 tokens per second of audio after pooling.
 AUDIO_TOKENS_PER_SECOND = 25.0
@@ -108,3 +113,30 @@ class ConversationStore:
             if touched >= cutoff:
                 break
             del self._sessions[session_id]
+
+
+def turn_conversation(
+    *,
+    system_prompt: str | None,
+    history: Sequence[HistoryItem],
+    prompt: str,
+    audio: np.ndarray,
+    rate: int,
+) -> list[Message]:
+    """The messages a turn is generated from: system prompt, history, then the user's turn.
+
+    History audio is resampled to the model's ``rate``; the turn's ``audio`` already is.
+    """
+    from sarsteer_guard.audio import resample
+    from sarsteer_guard.models.base import Message
+
+    messages: list[Message] = []
+    if system_prompt:
+        messages.append(Message(role="system", text=system_prompt))
+    for item in history:
+        clip = item.audio
+        if clip is not None and item.sample_rate != rate:
+            clip = resample(clip, item.sample_rate, rate)
+        messages.append(Message(role=item.role, text=item.text, audio=clip))
+    messages.append(Message(role="user", text=prompt, audio=audio))
+    return messages

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prometheus_client import Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from sarsteer_guard.guard.events import TurnDecision
 
 _LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 30.0)
 
@@ -28,3 +33,16 @@ BATCH_SIZE = Histogram(
 AUDIT_FAILURES = Counter(
     "sarsteer_audit_failures_total", "Audit records that could not be written or spooled"
 )
+
+
+def record_turn(event: TurnDecision, batch_size: int) -> None:
+    """Count a decided turn: outcome, refusal, latencies and the batch it ran in (0: none)."""
+    outcome = "refused" if event.refused else "answered"
+    TURNS.labels(policy=event.policy, outcome=outcome).inc()
+    if event.refused:
+        REFUSALS.labels(policy=event.policy, rule=event.rule or "defaults").inc()
+    TURN_SECONDS.observe(event.timings.total_ms / 1000)
+    if event.tokens:
+        FIRST_TOKEN_SECONDS.observe(event.timings.first_token_ms / 1000)
+    if batch_size:
+        BATCH_SIZE.observe(batch_size)

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AudioLanguageModel",
     "Message",
+    "ModelFacts",
     "Role",
     "config_fingerprint",
     "find_decoder_layers",
@@ -84,6 +85,34 @@ class Message:
             raise ValueError(f"only user messages can carry audio, got audio on {self.role!r}")
 
 
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """What the Guard and calibration need to know about a model, with no framework objects.
+
+    Every generation backend reports these for the model it serves; two backends serving the
+    same checkpoint must report the same ``fingerprint`` (vector sets are keyed by it).
+
+    Attributes:
+        model_id: the name it was loaded as (hub id, directory or built-in name).
+        fingerprint: :func:`config_fingerprint` of the model.
+        num_layers: text decoder layers (one steering vector per layer).
+        hidden_size: width of the text decoder's residual stream.
+        sampling_rate: audio rate the model's front end expects.
+        is_test_model: a built-in model with random or constructed weights (never guards
+            real traffic).
+        default_system_prompt: system message the adapter adds to every conversation that
+            has none (generation and calibration alike); part of the calibration digest.
+    """
+
+    model_id: str
+    fingerprint: str
+    num_layers: int
+    hidden_size: int
+    sampling_rate: int
+    is_test_model: bool = False
+    default_system_prompt: str | None = None
+
+
 class AudioLanguageModel(ABC):
     """A loaded audio-language model with the operations SARSteer needs.
 
@@ -98,7 +127,15 @@ class AudioLanguageModel(ABC):
         device: device of the model's parameters.
         dtype: floating dtype of the model's parameters.
         fingerprint: sha256 of the architecture-defining config (see :func:`config_fingerprint`).
+        is_test_model: set by the loader for the built-in models (random/constructed weights).
+        default_system_prompt: system message added to conversations that have none (None:
+            the chat template's own default applies). Families set a class default; assign
+            the attribute to change it.
     """
+
+    #: The family's system prompt for conversations without one (None: the template's own).
+    default_system_prompt: str | None = None
+    is_test_model: bool = False
 
     model_id: str
     model: PreTrainedModel
@@ -130,6 +167,19 @@ class AudioLanguageModel(ABC):
         tokenizer.padding_side = "left"
         self._special_tokens = _control_tokens(tokenizer)
         _configure_generation(model, tokenizer)
+
+    @property
+    def facts(self) -> ModelFacts:
+        """The model facts backends and calibration report (no framework objects)."""
+        return ModelFacts(
+            model_id=self.model_id,
+            fingerprint=self.fingerprint,
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            sampling_rate=self.sampling_rate,
+            is_test_model=self.is_test_model,
+            default_system_prompt=self.default_system_prompt,
+        )
 
     # ----------------------------------------------------------------- loading
     @classmethod
@@ -210,6 +260,9 @@ class AudioLanguageModel(ABC):
             raise ValueError("a conversation needs at least one message")
         chat: list[dict[str, Any]] = []
         clips: list[npt.NDArray[np.float32]] = []
+        system = self.default_system_prompt
+        if system and not any(message.role == "system" for message in conversation):
+            conversation = [Message(role="system", text=system), *conversation]
         for message in conversation:
             self._check_text(message.text)
             content: list[dict[str, Any]] = []

@@ -2,7 +2,8 @@
 
 Built-in models (``tiny``, ``tiny-planted``) are written once with ``save_pretrained`` into a cache
 directory and then loaded through exactly the same ``from_pretrained`` path as a 7B checkpoint,
-so tests exercise the production loading code.
+so tests exercise the production loading code. The loader marks them ``is_test_model`` so that
+callers can warn about them without naming them.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 import torch
@@ -44,6 +46,7 @@ def load_model(
     *,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
+    default_system_prompt: str | EllipsisType | None = ...,
 ) -> AudioLanguageModel:
     """Load an audio-language model and wrap it in its family's adapter.
 
@@ -52,6 +55,9 @@ def load_model(
             directory, or a built-in name (``tiny``, ``tiny-planted``).
         device: defaults to CUDA when available, else CPU.
         dtype: defaults to bfloat16 on CUDA, float32 on CPU.
+        default_system_prompt: system message for conversations without one; ``...`` keeps
+            the family's default (Qwen2.5-Omni's official prompt, none elsewhere), None sends
+            none (the chat template's own default applies).
 
     Raises:
         ModelLoadError: one line naming the problem (missing path, unsupported class) and the fix.
@@ -76,6 +82,9 @@ def load_model(
             f"cannot load model {name_or_path!r}: {one_line(exc)}; "
             "check that the checkpoint directory is complete"
         ) from exc
+    model.is_test_model = name_or_path in BUILTIN_MODELS
+    if not isinstance(default_system_prompt, EllipsisType):
+        model.default_system_prompt = default_system_prompt
     _log.info(
         "model_loaded",
         model=name_or_path,
@@ -133,7 +142,7 @@ def ensure_builtin_model(name: str) -> Path:
 
 
 def _builders() -> dict[str, Callable[[], tuple[Any, Any]]]:
-    from sarsteer_guard.testing.models import build_planted_model, build_tiny_model
+    from .builtin import build_planted_model, build_tiny_model
 
     def planted() -> tuple[Any, Any]:
         built = build_planted_model()
@@ -146,7 +155,7 @@ def _builder_hash() -> str:
     import tokenizers
     import transformers
 
-    from sarsteer_guard.testing import models as kit
+    from . import builtin as kit
 
     digest = hashlib.sha256()
     for part in (__version__, transformers.__version__, tokenizers.__version__):

@@ -22,13 +22,25 @@ from .base import AudioLanguageModel, language_model_layers
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
-__all__ = ["Qwen2_5OmniThinkerLM", "build_omni_audio_processor"]
+__all__ = ["OMNI_SYSTEM_PROMPT", "Qwen2_5OmniThinkerLM", "build_omni_audio_processor"]
+
+#: Qwen2.5-Omni's official system prompt. The model card asks for it, and the SARSteer
+#: reference sends it with every request (calibration and generation).
+OMNI_SYSTEM_PROMPT = (
+    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
+    "perceiving auditory and visual inputs, as well as generating text and speech."
+)
 
 
 class Qwen2_5OmniThinkerLM(AudioLanguageModel):
-    """``Qwen2_5OmniThinkerForConditionalGeneration`` from a full Omni checkpoint or a thinker."""
+    """``Qwen2_5OmniThinkerForConditionalGeneration`` from a full Omni checkpoint or a thinker.
+
+    Conversations without a system message get :data:`OMNI_SYSTEM_PROMPT` (as the reference
+    does); set ``default_system_prompt`` (or pass it to ``load_model``) to change that.
+    """
 
     model_types = frozenset({"qwen2_5_omni", "qwen2_5_omni_thinker"})
+    default_system_prompt: str | None = OMNI_SYSTEM_PROMPT
 
     @classmethod
     def load(

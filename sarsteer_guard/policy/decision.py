@@ -11,6 +11,7 @@ from typing import Any
 from sarsteer_guard.defaults import DEFAULT_PROMPT
 from sarsteer_guard.policy.layers import BetaMap, LayerSelection
 from sarsteer_guard.policy.sections import Audit, Calibration, FailureMode, Mode, SteerPositions
+from sarsteer_guard.vector_request import VectorRequest
 
 #: Spoken when a turn must be refused and the policy sets no message of its own
 #: (fail_closed with vectors unavailable, or a refused turn with no fixed message).
@@ -36,9 +37,36 @@ def vector_source(calibration: Calibration, *, k: int, lam: float) -> dict[str, 
             "harmful": calibration.harmful or BUILTIN,
             "benign": calibration.benign or BUILTIN,
             "refusal_instruction": calibration.effective_refusal_instruction,
+            "refusal_separator": calibration.effective_refusal_separator,
             "prompt": calibration.effective_prompt,
         }
     return {"calibration": source, "k": int(k), "lambda": float(lam)}
+
+
+def vector_request(
+    calibration: Calibration, manifests: tuple[Path, Path] | None, *, k: int, lam: float
+) -> VectorRequest:
+    """The typed request for the Guard: ``vector_source`` with the manifests resolved.
+
+    Args:
+        calibration: the policy's calibration section.
+        manifests: harmful and benign manifest paths resolved against the policy file
+            (None when the calibration names a stored vector set).
+        k: benign principal directions projected out (the rule's or the defaults').
+        lam: projection strength (the rule's or the defaults').
+    """
+    if calibration.vector_set is not None or manifests is None:
+        return VectorRequest.stored(str(calibration.vector_set), k=int(k), lam=float(lam))
+    harmful, benign = manifests
+    return VectorRequest(
+        k=int(k),
+        lam=float(lam),
+        harmful=harmful,
+        benign=benign,
+        refusal_instruction=str(calibration.effective_refusal_instruction),
+        refusal_separator=str(calibration.effective_refusal_separator),
+        prompt=str(calibration.effective_prompt),
+    )
 
 
 def vector_key(calibration: Calibration, *, k: int, lam: float) -> str:
@@ -79,6 +107,7 @@ class PolicyDecision:
     system_prompt: str | None
     calibration: Calibration
     manifests: tuple[Path, Path] | None  # harmful, benign resolved (None: stored vector set)
+    vector_request: VectorRequest  # the vectors this decision needs (built once, with it)
 
     @property
     def steered(self) -> bool:
@@ -128,16 +157,8 @@ class PolicyDecision:
 
     @property
     def vector_spec(self) -> dict[str, Any]:
-        """Keyword arguments for the Guard's vector request (resolved paths; no alpha)."""
-        spec: dict[str, Any] = {"k": self.k, "lam": self.lam}
-        if self.calibration.vector_set is not None:
-            spec["vector_set_id"] = self.calibration.vector_set
-            return spec
-        if self.manifests is not None:  # always set when no vector_set is named
-            spec["harmful"], spec["benign"] = self.manifests
-        spec["refusal_instruction"] = self.calibration.effective_refusal_instruction
-        spec["prompt"] = self.calibration.effective_prompt
-        return spec
+        """:attr:`vector_request` as plain keywords (resolved paths; no alpha)."""
+        return self.vector_request.as_spec()
 
     def vector_source(self) -> dict[str, Any]:
         """What this decision's vectors depend on, as written (calibration, k, lambda)."""

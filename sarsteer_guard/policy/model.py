@@ -13,7 +13,7 @@ from pydantic import Field, PrivateAttr, model_validator
 
 from sarsteer_guard.defaults import DEFAULT_BENIGN, DEFAULT_HARMFUL, DEFAULT_K, DEFAULT_LAMBDA
 from sarsteer_guard.policy.conditions import Context, LocatedValueError
-from sarsteer_guard.policy.decision import PolicyDecision, vector_key
+from sarsteer_guard.policy.decision import PolicyDecision, vector_key, vector_request
 from sarsteer_guard.policy.layers import BetaMap, LayerSelection
 from sarsteer_guard.policy.presets import DEFAULT_PRESET, PRESETS
 from sarsteer_guard.policy.sections import (
@@ -260,6 +260,9 @@ class Policy(Section):
             system_prompt=(rule.system_prompt if rule is not None else None) or self.system_prompt,
             calibration=self.calibration,
             manifests=self._manifests,
+            vector_request=vector_request(
+                self.calibration, self._manifests, k=int(steering["k"]), lam=float(steering["lam"])
+            ),
         )
 
     def evaluate(self, context: Context) -> PolicyDecision:

@@ -20,7 +20,11 @@ from pydantic import (
     model_validator,
 )
 
-from sarsteer_guard.defaults import DEFAULT_PROMPT, DEFAULT_REFUSAL_INSTRUCTION
+from sarsteer_guard.defaults import (
+    DEFAULT_PROMPT,
+    DEFAULT_REFUSAL_INSTRUCTION,
+    DEFAULT_REFUSAL_SEPARATOR,
+)
 from sarsteer_guard.policy.conditions import Condition, LocatedValueError
 from sarsteer_guard.policy.layers import BetaMap, LayerSelection
 from sarsteer_guard.policy.presets import PresetName
@@ -75,7 +79,14 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _separator(value: str) -> str:
+    if any(ch != "\n" and not ch.isprintable() for ch in value):
+        raise ValueError("the separator has a control character; use text, spaces or a newline")
+    return value
+
+
 Name = Annotated[str, AfterValidator(_check_name)]
+Separator = Annotated[str, Field(max_length=16), AfterValidator(_separator)]
 Text = Annotated[str, AfterValidator(_not_blank)]
 Version = Annotated[str, BeforeValidator(_version_text), AfterValidator(_not_blank)]
 Alpha = Annotated[
@@ -126,6 +137,12 @@ class Calibration(Section):
     prompt: Text | None = Field(
         None, description=f"Text prompt sent with calibration audio; default {DEFAULT_PROMPT!r}."
     )
+    refusal_separator: Separator | None = Field(
+        None,
+        description="Joins the prompt and the refusal instruction during calibration; default "
+        f"{DEFAULT_REFUSAL_SEPARATOR!r} (nothing, as the SARSteer reference does). "
+        "Changing it changes the vectors.",
+    )
     k: K | None = None
     lam: Lambda | None = Field(None, alias="lambda")
 
@@ -133,7 +150,7 @@ class Calibration(Section):
     def _one_source(self) -> Calibration:
         spec_keys = [
             key
-            for key in ("harmful", "benign", "refusal_instruction", "prompt")
+            for key in ("harmful", "benign", "refusal_instruction", "refusal_separator", "prompt")
             if getattr(self, key) is not None
         ]
         if self.vector_set is not None:
@@ -164,6 +181,15 @@ class Calibration(Section):
         if self.vector_set is not None:
             return None
         return self.refusal_instruction or DEFAULT_REFUSAL_INSTRUCTION
+
+    @property
+    def effective_refusal_separator(self) -> str | None:
+        """The separator used before the refusal instruction (None for a stored vector set)."""
+        if self.vector_set is not None:
+            return None
+        if self.refusal_separator is None:
+            return DEFAULT_REFUSAL_SEPARATOR
+        return self.refusal_separator
 
     @property
     def effective_prompt(self) -> str | None:

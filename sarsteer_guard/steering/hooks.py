@@ -10,8 +10,11 @@ Steering assumes a KV cache (``use_cache=True``): without one, every step recomp
 sequence and only the newest token would be steered.
 
 torch.compile: hooks registered after a module was compiled are ignored by the compiled code,
-so keep :class:`SteeringHooks` registered for the model's lifetime and switch steering with
-:meth:`SteeringHooks.set_alpha` (alpha 0 adds exact zeros), which writes buffers in place.
+so keep one :class:`SteeringHooks` registered for the model's lifetime and switch steering with
+its ``set_*`` methods (alpha 0 adds exact zeros), which write preallocated buffers in place. The
+transformers backend does exactly that: it registers one instance per model when it starts and
+writes each batch's vectors, layers, beta and per-row alpha into it (see
+``sarsteer_guard.backends.transformers.steering``).
 """
 
 from __future__ import annotations
@@ -239,13 +242,23 @@ class SteeringHooks(_LayerHooks):
     length is 1 are skipped, so only the prefill is steered (a one-token prompt therefore counts
     as a decode step and is not steered).
 
-    On :meth:`start` each layer gets ``beta_l * v_l`` in float32 on its device and the per-call
-    offset ``alpha * beta_l * v_l`` in the layer's dtype (computed in float32, cast once: a
-    bf16 stream stays bf16). :meth:`set_alpha`, :meth:`set_beta` and :meth:`set_vectors` rewrite
-    those buffers in place, so steering can be switched without re-registering hooks. Offsets
-    that are zero are stored as ``-0.0``, the exact additive identity in IEEE 754
-    (``x + -0.0 == x`` bit for bit, ``-0.0`` included), so rows with alpha 0 are bit-identical
-    to an unhooked run.
+    On :meth:`start` each hooked layer gets ``beta_l * v_l`` in float32 on its device and the
+    per-call offset ``alpha * beta_l * v_l`` in the layer's dtype (computed in float32, cast
+    once: a bf16 stream stays bf16). The ``set_*`` methods rewrite those buffers in place, so
+    steering can be switched without re-registering hooks. Offsets that are zero are stored as
+    ``-0.0``, the exact additive identity in IEEE 754 (``x + -0.0 == x`` bit for bit, ``-0.0``
+    included), so rows with alpha 0 are bit-identical to an unhooked run.
+
+    Long-lived use, one instance per model (what compiled or graph-captured engines need, since
+    they ignore hooks registered after compilation): build it over every layer
+    (``layer_ids=None``) with ``max_rows`` set to the largest batch, start it once, and write
+    each batch's steering with :meth:`set_vectors`, :meth:`set_beta`, :meth:`set_layer_ids`,
+    :meth:`set_readout_layer`, :meth:`set_alpha` and :meth:`set_enabled`. With ``max_rows`` the
+    offsets are preallocated ``[max_rows, hidden]`` buffers: ``set_alpha`` with up to
+    ``max_rows`` values (or one for all rows) rewrites them in place, rows past the given values
+    get exact zeros, and the hooks add the rows in use (a view kept ready, so a call never
+    slices). More values than ``max_rows`` grow the buffers once (a new allocation). A disabled
+    instance leaves every output untouched and records no readout.
 
     The hooks edit the output in place when autograd does not need it (``no_grad`` /
     ``inference_mode`` / outputs without grad) and out of place otherwise. The hook path has
@@ -256,10 +269,13 @@ class SteeringHooks(_LayerHooks):
         vectors: ``[layers, hidden]`` or a :class:`SteeringVectors`.
         alpha: steering strength, one float or one per batch row (see :meth:`set_alpha`).
         beta: per-layer weights ``[layers]`` (default all 1).
-        layer_ids: indices of the layers to steer (default all).
+        layer_ids: indices of the layers to steer (default all); only these (and the readout
+            layer) get hooks.
         prompt_only: steer the prefill only.
         readout_layer: if set, record at prefill the projection of that layer's last-position
             state (before this layer's own offset) onto ``unit(v_l)``; see :meth:`readout`.
+        max_rows: preallocate offsets for this many batch rows (see above); None sizes them to
+            ``alpha``.
     """
 
     def __init__(
@@ -272,6 +288,7 @@ class SteeringHooks(_LayerHooks):
         layer_ids: Sequence[int] | None = None,
         prompt_only: bool = False,
         readout_layer: int | None = None,
+        max_rows: int | None = None,
     ) -> None:
         self._layers = list(layers)
         self._vectors = _vectors_tensor(vectors)
@@ -281,24 +298,27 @@ class SteeringHooks(_LayerHooks):
                 f"vectors have {n_layers} layers but {len(self._layers)} layers were given: "
                 "pass all decoder layers (select with layer_ids) or recalibrate for this model"
             )
+        if max_rows is not None and max_rows < 1:
+            raise VectorsError(f"max_rows must be at least 1, got {max_rows}")
         self._beta = self._beta_tensor(beta)
         self._alpha = _alpha_tensor(alpha)
-        ids = list(range(n_layers)) if layer_ids is None else [int(i) for i in layer_ids]
-        if len(set(ids)) != len(ids) or any(not 0 <= i < n_layers for i in ids):
-            raise VectorsError(
-                f"layer_ids must be distinct indices in [0, {n_layers}), got {list(ids)}"
-            )
+        self._max_rows = None if max_rows is None else max(max_rows, self._alpha.numel())
+        ids = self._valid_ids(layer_ids)
         self._steered = frozenset(ids)
         if readout_layer is not None and not 0 <= readout_layer < n_layers:
             raise VectorsError(f"readout_layer must be in [0, {n_layers}), got {readout_layer}")
         self._readout_layer = readout_layer
         self.prompt_only = bool(prompt_only)
+        self._enabled = True
         hooked = set(ids) | ({readout_layer} if readout_layer is not None else set())
-        self._hooked = sorted(hooked)
+        self._hooked = tuple(sorted(hooked))
         self._handles: list[RemovableHandle] = []
         # Device state, built by start(): per hooked layer (keyed by layer index).
         self._bv: dict[int, torch.Tensor] = {}  # beta_l * v_l, float32, layer device
         self._delta: dict[int, torch.Tensor] = {}  # alpha * beta_l * v_l, [rows, H], layer dtype
+        # What the hooks add: ``_delta`` itself, or with ``max_rows`` a view of its first rows
+        # (one row when one alpha is given: it broadcasts). Kept ready so a call never slices.
+        self._active: dict[int, torch.Tensor] = {}
         self._unit: torch.Tensor | None = None  # unit(v_readout), float32, layer device
         self._readout: torch.Tensor | None = None
 
@@ -326,13 +346,25 @@ class SteeringHooks(_LayerHooks):
         """Current alpha as float32 ``[rows]`` (one row broadcasts over the batch)."""
         return self._alpha.clone()
 
+    @property
+    def enabled(self) -> bool:
+        """Whether the hooks act (a disabled instance leaves outputs untouched)."""
+        return self._enabled
+
+    def set_enabled(self, enabled: bool) -> None:
+        """Switch the hooks on or off without touching their buffers or registrations."""
+        self._enabled = bool(enabled)
+
     def set_alpha(self, alpha: AlphaLike) -> None:
         """Set the strength: one float for all rows, or one per batch row (``[batch]``).
 
-        A row with alpha 0 is left bit-identical. Buffers are rewritten in place when the row
-        count is unchanged (compiled code keeps working without recompiling).
+        A row with alpha 0 is left bit-identical. Buffers are rewritten in place when their row
+        count is unchanged (always, with ``max_rows``, up to ``max_rows`` values), so compiled
+        code keeps working without recompiling.
         """
         self._alpha = _alpha_tensor(alpha)
+        if self._max_rows is not None and self._alpha.numel() > self._max_rows:
+            self._max_rows = self._alpha.numel()  # grows once: the buffers are reallocated
         self._refresh()
 
     def set_beta(self, beta: Sequence[float] | torch.Tensor | None) -> None:
@@ -351,6 +383,38 @@ class SteeringHooks(_LayerHooks):
         self._vectors = new
         self._refresh_vectors()
 
+    def set_layer_ids(self, layer_ids: Sequence[int] | None) -> None:
+        """Steer only these layers (None = every layer); each must have a hook.
+
+        Raises:
+            VectorsError: an index is out of range, repeated, or has no hook (build the hooks
+                with ``layer_ids=None`` to choose layers later).
+        """
+        ids = self._valid_ids(layer_ids)
+        missing = sorted(set(ids) - set(self._hooked))
+        if missing:
+            raise VectorsError(
+                f"layers {missing} have no steering hook: build SteeringHooks with "
+                "layer_ids=None to choose the steered layers later"
+            )
+        self._steered = frozenset(ids)
+
+    def set_readout_layer(self, readout_layer: int | None) -> None:
+        """Read out at another hooked layer (None = no readout); forgets the last readout.
+
+        Raises:
+            VectorsError: the layer has no hook.
+        """
+        if readout_layer is not None and readout_layer not in self._hooked:
+            raise VectorsError(
+                f"readout_layer {readout_layer} has no hook: build SteeringHooks with "
+                "layer_ids=None (every layer hooked) to move the readout"
+            )
+        self._readout_layer = readout_layer
+        self._readout = None
+        if self._handles:
+            self._refresh_unit()
+
     def readout(self) -> torch.Tensor | None:
         """Projection onto ``unit(v_l)`` at the readout layer for the latest prefill, ``[batch]``.
 
@@ -361,6 +425,15 @@ class SteeringHooks(_LayerHooks):
         return None if self._readout is None else self._readout.to("cpu", copy=True)
 
     # -- internals -----------------------------------------------------------------------------
+
+    def _valid_ids(self, layer_ids: Sequence[int] | None) -> list[int]:
+        n_layers = self._vectors.shape[0]
+        ids = list(range(n_layers)) if layer_ids is None else [int(i) for i in layer_ids]
+        if len(set(ids)) != len(ids) or any(not 0 <= i < n_layers for i in ids):
+            raise VectorsError(
+                f"layer_ids must be distinct indices in [0, {n_layers}), got {list(ids)}"
+            )
+        return ids
 
     def _beta_tensor(self, beta: Sequence[float] | torch.Tensor | None) -> torch.Tensor:
         n_layers = self._vectors.shape[0]
@@ -376,6 +449,15 @@ class SteeringHooks(_LayerHooks):
             raise VectorsError("beta contains NaN or Inf: pass finite weights")
         return b
 
+    def _row_alpha(self) -> torch.Tensor:
+        """Alpha per buffer row: as given, or padded to ``max_rows`` (one value fills all)."""
+        alpha, rows = self._alpha, self._max_rows
+        if rows is None or alpha.numel() == rows:
+            return alpha
+        if alpha.numel() == 1:
+            return alpha.expand(rows)
+        return torch.cat([alpha, torch.zeros(rows - alpha.numel(), dtype=alpha.dtype)])
+
     @torch.inference_mode(False)
     @torch.no_grad()
     def _place(self, idx: int, device: torch.device, dtype: torch.dtype) -> None:
@@ -387,15 +469,31 @@ class SteeringHooks(_LayerHooks):
         v = self._vectors[idx].to(device)
         self._bv[idx] = v * self._beta[idx].item()
         if idx == self._readout_layer:
-            norm = v.norm()
-            self._unit = v / norm if float(norm) > 0 else torch.zeros_like(v)
-        if idx in self._steered:
-            self._delta[idx] = self._offset(idx).to(dtype)
+            self._unit = _unit_of(v)
+        self._set_delta(idx, self._offset(idx).to(dtype))
+
+    def _set_delta(self, idx: int, delta: torch.Tensor) -> None:
+        self._delta[idx] = delta
+        given = self._alpha.numel()
+        self._active[idx] = delta if self._max_rows is None else delta[:given]
 
     def _offset(self, idx: int) -> torch.Tensor:
         bv = self._bv[idx]
-        out = self._alpha.to(bv.device)[:, None] * bv[None, :]
+        out = self._row_alpha().to(bv.device)[:, None] * bv[None, :]
         return torch.where(out == 0, -0.0, out)  # -0.0: the exact additive identity
+
+    @torch.inference_mode(False)
+    @torch.no_grad()
+    def _refresh_unit(self) -> None:
+        idx = self._readout_layer
+        if idx is None or idx not in self._bv:
+            self._unit = None
+            return
+        unit = _unit_of(self._vectors[idx].to(self._bv[idx].device))
+        if self._unit is not None and self._unit.device == unit.device:
+            self._unit.copy_(unit)
+        else:
+            self._unit = unit
 
     @torch.inference_mode(False)
     @torch.no_grad()
@@ -404,11 +502,8 @@ class SteeringHooks(_LayerHooks):
             return
         for idx in self._hooked:
             bv = self._bv[idx]
-            v = self._vectors[idx].to(bv.device)
-            bv.copy_(v * self._beta[idx].item())
-            if idx == self._readout_layer and self._unit is not None:
-                norm = v.norm()
-                self._unit.copy_(v / norm if float(norm) > 0 else torch.zeros_like(v))
+            bv.copy_(self._vectors[idx].to(bv.device) * self._beta[idx].item())
+        self._refresh_unit()
         self._refresh()
 
     @torch.inference_mode(False)
@@ -416,20 +511,21 @@ class SteeringHooks(_LayerHooks):
     def _refresh(self) -> None:
         if not self._handles:
             return
-        for idx in self._steered:
+        for idx in self._hooked:
             old = self._delta[idx]
             new = self._offset(idx).to(old.dtype)
             if new.shape == old.shape:
                 old.copy_(new)
+                self._set_delta(idx, old)  # the rows in use may have changed
             else:
-                self._delta[idx] = new
+                self._set_delta(idx, new)
 
     def _make_hook(self, idx: int) -> Any:
-        steered = idx in self._steered
-        readout = idx == self._readout_layer
         hidden = self._hidden
 
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
+            if not self._enabled:
+                return None
             full = _hidden_of(output)
             hs = _stream(full)
             if hs.shape[-1] != hidden:
@@ -438,22 +534,19 @@ class SteeringHooks(_LayerHooks):
                     f"{hidden}: recalibrate vectors for this model"
                 )
             seq = hs.shape[-2]
-            if readout and seq > 1 and self._unit is not None:
+            if idx == self._readout_layer and seq > 1 and self._unit is not None:
                 unit = self._unit
                 if unit.device != hs.device:
                     unit = self._unit = unit.to(hs.device)
                 self._readout = hs[:, -1, :].detach().float() @ unit
-            if not steered or (self.prompt_only and seq == 1):
+            if idx not in self._steered or (self.prompt_only and seq == 1):
                 return None
-            delta = self._delta[idx]
-            if delta.device != hs.device or delta.dtype != hs.dtype:
-                self._place(idx, hs.device, hs.dtype)  # layer moved or autocast: once
-                delta = self._delta[idx]
-            if delta.shape[0] != 1 and delta.shape[0] != hs.shape[0]:
-                raise VectorsError(
-                    f"alpha has {delta.shape[0]} rows but the batch has {hs.shape[0]}: "
-                    "call set_alpha with one value per row (or one for all)"
-                )
+            delta = self._active[idx]
+            rows = hs.shape[0]
+            if (delta.shape[0] != rows and delta.shape[0] != 1) or (
+                delta.device != hs.device or delta.dtype != hs.dtype
+            ):
+                delta = self._fit(idx, hs)
             if torch.is_grad_enabled() and full.requires_grad:
                 full = full.clone()  # autograd may need the original: edit a copy
                 _stream(full)[:, -1, :].add_(delta)
@@ -462,6 +555,25 @@ class SteeringHooks(_LayerHooks):
             return None
 
         return hook
+
+    def _fit(self, idx: int, hs: torch.Tensor) -> torch.Tensor:
+        """Slow path: move layer ``idx``'s buffers to ``hs``'s device/dtype, or explain a misfit."""
+        delta = self._active[idx]
+        if delta.device != hs.device or delta.dtype != hs.dtype:
+            self._place(idx, hs.device, hs.dtype)  # layer moved or autocast: once
+            delta = self._active[idx]
+        rows, given = hs.shape[0], delta.shape[0]
+        if given != 1 and given != rows:
+            raise VectorsError(
+                f"alpha has {given} rows but the batch has {rows}: "
+                "call set_alpha with one value per row (or one for all)"
+            )
+        return delta
+
+
+def _unit_of(v: torch.Tensor) -> torch.Tensor:
+    norm = v.norm()
+    return v / norm if float(norm) > 0 else torch.zeros_like(v)
 
 
 def steer(

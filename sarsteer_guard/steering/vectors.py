@@ -5,6 +5,10 @@ so it must round-trip exactly, carry enough metadata to refuse the wrong model, 
 that is identical in every process that reads the same bytes. The file format is plain
 safetensors: one tensor ``vectors`` and string metadata (every :class:`VectorMeta` field, plus
 ``format`` and the ``digest``, which is rechecked on load to catch corrupted data bytes).
+
+Fields added after the format was first shipped (``refusal_separator``) are optional on read:
+a file written before them states nothing, and reads back with the value every set had then.
+Its stored digest is checked against the metadata as written, so such files still verify.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any, ClassVar, overload
 import torch
 
 from sarsteer_guard._version import __version__
+from sarsteer_guard.defaults import DEFAULT_REFUSAL_SEPARATOR, LEGACY_REFUSAL_SEPARATOR
 from sarsteer_guard.errors import VectorIntegrityError, VectorsError
 
 __all__ = ["FORMAT", "TENSOR_NAME", "SteeringVectors", "VectorMeta"]
@@ -35,6 +40,8 @@ TENSOR_NAME = "vectors"
 _INT_FIELDS = ("num_layers", "hidden_size", "k", "n_harmful", "n_benign")
 _FLOAT_FIELDS = ("lam",)
 _RESERVED_KEYS = ("format", "digest")
+#: Fields newer than the format: absent in older files, which were made with these values.
+_LEGACY_VALUES = {"refusal_separator": LEGACY_REFUSAL_SEPARATOR}
 
 
 def _utc_now() -> str:
@@ -46,7 +53,9 @@ class VectorMeta:
     """Provenance of a vector set: which model, which calibration, which settings.
 
     Every field is serialised as a string into the safetensors metadata; ``lam`` uses ``repr``
-    so the float comes back bit-exact.
+    so the float comes back bit-exact. ``refusal_separator`` joins the prompt and the refusal
+    instruction during calibration (it changes the vectors, so it is part of the set's key); a
+    file without it was calibrated with one space.
     """
 
     model_id: str
@@ -62,6 +71,7 @@ class VectorMeta:
     calibration_digest: str
     library_version: str = __version__
     created_at: str = field(default_factory=_utc_now)
+    refusal_separator: str = DEFAULT_REFUSAL_SEPARATOR
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -101,6 +111,9 @@ class VectorMeta:
         """
         kwargs: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
+            if f.name not in data and f.name in _LEGACY_VALUES:
+                kwargs[f.name] = _LEGACY_VALUES[f.name]
+                continue
             if f.name not in data:
                 raise VectorsError(
                     f"{source}: metadata field {f.name!r} is missing: recalibrate or re-export it"
@@ -306,7 +319,8 @@ class SteeringVectors:
         except VectorsError as exc:
             raise VectorsError(f"{source}: {exc}") from None
         stored = metadata.get("digest")
-        if stored is not None and stored != out.digest:
+        written = {k: v for k, v in metadata.items() if k not in _RESERVED_KEYS}
+        if stored is not None and stored != _digest(out._vectors, written):
             raise VectorIntegrityError(
                 f"{source}: content does not match its digest (corrupted or edited): "
                 "restore it from the store or recalibrate"

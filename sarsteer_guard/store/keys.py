@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from sarsteer_guard.defaults import LEGACY_REFUSAL_SEPARATOR
 from sarsteer_guard.errors import VectorsError
 
 #: Metadata keys every stored vector set carries (see ``steering.vectors.VectorMeta``).
@@ -123,7 +124,10 @@ class VectorSetKey:
     """What makes two vector sets interchangeable: the calibration inputs.
 
     ``alpha`` is applied at run time, so it is not part of the key: policies that
-    differ only in alpha share one stored set.
+    differ only in alpha share one stored set. ``refusal_separator`` (how the refusal
+    instruction was joined to the prompt) changes the vectors, so it is; metadata without
+    it means one space, the only form before it was recorded, and that form is left out of
+    the id so every set stored before keeps its id.
     """
 
     model_fingerprint: str
@@ -131,6 +135,7 @@ class VectorSetKey:
     refusal_instruction: str
     k: int
     lam: float
+    refusal_separator: str = LEGACY_REFUSAL_SEPARATOR
 
     @functools.cached_property
     def id(self) -> str:
@@ -138,16 +143,19 @@ class VectorSetKey:
 
         Cached: the Guard looks sets up by key on every turn.
         """
+        fields: dict[str, object] = {
+            "domain": _ID_DOMAIN,
+            "model_fingerprint": self.model_fingerprint,
+            "calibration_digest": self.calibration_digest,
+            "refusal_instruction": self.refusal_instruction,
+            "k": int(self.k),
+            # repr of a float round-trips exactly, so "1", "1.0" and 1 agree.
+            "lam": repr(float(self.lam)),
+        }
+        if self.refusal_separator != LEGACY_REFUSAL_SEPARATOR:
+            fields["refusal_separator"] = self.refusal_separator
         canonical = json.dumps(
-            {
-                "domain": _ID_DOMAIN,
-                "model_fingerprint": self.model_fingerprint,
-                "calibration_digest": self.calibration_digest,
-                "refusal_instruction": self.refusal_instruction,
-                "k": int(self.k),
-                # repr of a float round-trips exactly, so "1", "1.0" and 1 agree.
-                "lam": repr(float(self.lam)),
-            },
+            fields,
             sort_keys=True,
             ensure_ascii=True,
             separators=(",", ":"),
@@ -168,6 +176,7 @@ class VectorSetKey:
                 refusal_instruction=metadata["refusal_instruction"],
                 k=int(metadata["k"]),
                 lam=float(metadata["lam"]),
+                refusal_separator=metadata.get("refusal_separator", LEGACY_REFUSAL_SEPARATOR),
             )
         except KeyError as error:
             raise _not_a_set(f"metadata lacks {error.args[0]}") from None
