@@ -329,7 +329,7 @@ def test_sweep_writes_csv_picture_and_a_recommendation_that_lints(
         (["--context", "a=b"], "--context applies to --policy"),
         (["--alpha", "20"], "--alpha must be between 0 and 10"),
         (["--judge", "endpoint"], "--judge endpoint needs --judge-url"),
-        (["--engine", "vllm"], "only the transformers engine"),
+        (["--engine", "no-such-engine"], "unknown engine 'no-such-engine'"),
     ],
 )
 def test_bad_options_are_one_line_errors(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import inspect
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -75,21 +74,18 @@ class RunOptions:
 
 
 def guard_engine_kwargs(engine: str) -> dict[str, Any]:
-    """Keyword for the Guard's engine, passed only when the Guard takes one.
+    """The Guard's ``engine`` keyword, checked against the registered backends.
+
+    Checked before any model is loaded, so a typo costs nothing.
 
     Raises:
-        GuardError: an engine other than transformers on a Guard without that choice.
+        GuardError: no backend is registered under that name.
     """
-    from sarsteer_guard.guard.core import Guard
+    from sarsteer_guard.backends import backend_names
 
-    if "engine" in inspect.signature(Guard.__init__).parameters:
-        return {"engine": engine}
-    if engine != "transformers":
-        raise GuardError(
-            f"this sarsteer-guard build runs only the transformers engine, not {engine!r}; "
-            "use --engine transformers"
-        )
-    return {}
+    if engine not in backend_names():
+        raise GuardError(f"unknown engine {engine!r}; use one of: {', '.join(backend_names())}")
+    return {"engine": engine}
 
 
 def prompt_groups(
