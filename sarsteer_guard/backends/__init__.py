@@ -1,0 +1,1 @@
+"""Generation backends other than the in-process transformers engine (``guard/engine.py``)."""
