@@ -58,7 +58,6 @@ __all__ = [
 log = get_logger(__name__)
 
 _WORKER_EXTENSION = "sarsteer_guard.backends.vllm.worker.SarsteerWorkerExtension"
-_STEERED_CLASSES = frozenset({"SteeredQwen2AudioForConditionalGeneration"})
 #: Vector-set slots per worker; must equal ``models.DEFAULT_MAX_SETS`` (checked at start).
 MAX_SETS = 16
 
@@ -86,6 +85,9 @@ class VllmEngineConfig:
         max_num_batched_tokens: tokens per step (chunked-prefill chunk size).
         kv_cache_gib: CPU KV-cache size (``VLLM_CPU_KVCACHE_SPACE``); ignored on GPUs.
         max_audios_per_prompt: audio clips one conversation may carry.
+        block_size: KV-cache block size in tokens (prefix caching shares whole blocks).
+        num_kv_blocks: fixed number of KV blocks (None: sized from memory); small values force
+            preemption, which tests use.
         self_check: run the canary self-check at start (never disable in production).
         seed: vLLM's seed (greedy decoding does not depend on it).
     """
@@ -102,6 +104,8 @@ class VllmEngineConfig:
     max_num_batched_tokens: int | None = None
     kv_cache_gib: int | None = 1
     max_audios_per_prompt: int = 8
+    block_size: int | None = None
+    num_kv_blocks: int | None = None
     self_check: bool = True
     seed: int = 0
 
@@ -136,6 +140,7 @@ class VllmRow:
     prompt_only: bool = False
     readout_layer: int | None = None
     tag: str = ""
+    min_new_tokens: int = 0  # end-of-sequence is ignored before this many (benchmarks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,9 +297,8 @@ class VllmEngine:
             return
         config = self.config
         self._check_config()
-        path = str(Path(config.model).expanduser())
-        self._facts = read_facts(path, model_id=config.model_id or config.model)
-        self._renderer = ChatRenderer.from_pretrained(path)
+        path = config.model
+        self._facts, self._renderer = await asyncio.to_thread(self._read_checkpoint, path)
         self._upload_lock = asyncio.Lock()
         self._llm = self._build(path)
         try:
@@ -306,6 +310,11 @@ class VllmEngine:
         except BaseException:
             await self.stop()
             raise
+
+    def _read_checkpoint(self, path: str) -> tuple[ModelFacts, ChatRenderer]:
+        directory = str(Path(path).expanduser())
+        facts = read_facts(directory, model_id=self.config.model_id or path)
+        return facts, ChatRenderer.from_pretrained(directory)
 
     async def stop(self) -> None:
         """Cancel rows in flight and shut vLLM down (idempotent)."""
@@ -357,6 +366,11 @@ class VllmEngine:
             out[i] = torch.from_numpy(array.copy())
         return out
 
+    async def worker_stats(self) -> dict[str, int]:
+        """The first worker's steering counters (steps, chunked prefills, resumed, steered)."""
+        replies = await self._require().collective_rpc("sarsteer_stats")
+        return {str(k): int(v) for k, v in replies[0].items()}
+
     # -- internals -------------------------------------------------------------------------
     def _require(self) -> AsyncLLM:
         if self._llm is None:
@@ -374,6 +388,7 @@ class VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        path = os.path.expanduser(path)
         config = self.config
         if config.kv_cache_gib is not None:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(config.kv_cache_gib)))
@@ -390,8 +405,12 @@ class VllmEngine:
             "limit_mm_per_prompt": {"audio": config.max_audios_per_prompt},
             "seed": config.seed,
         }
-        if config.max_num_batched_tokens is not None:
-            kwargs["max_num_batched_tokens"] = config.max_num_batched_tokens
+        optional = {
+            "max_num_batched_tokens": config.max_num_batched_tokens,
+            "block_size": config.block_size,
+            "num_gpu_blocks_override": config.num_kv_blocks,
+        }
+        kwargs.update({k: v for k, v in optional.items() if v is not None})
         if torch.cuda.is_available() and not config.enforce_eager:
             # Full CUDA graphs would capture the outer model's forward, which writes the
             # steering buffers; piecewise graphs leave it eager and replay the layers' adds.
@@ -410,7 +429,7 @@ class VllmEngine:
                 f"vLLM loaded no steerable model ({one_line(error)}); refusing to serve unsteered"
             ) from error
         for reply in replies:
-            if reply.get("model_class") not in _STEERED_CLASSES:
+            if not reply.get("steerable"):
                 raise SteeringUnavailableError(
                     f"vLLM runs {reply.get('model_class')}, which cannot steer; refusing to start"
                 )
@@ -452,7 +471,12 @@ class VllmEngine:
             return slot
 
     def _request(
-        self, rid: str, conversation: Sequence[Message], steering: RowSteering, max_tokens: int
+        self,
+        rid: str,
+        conversation: Sequence[Message],
+        steering: RowSteering,
+        max_tokens: int,
+        min_tokens: int = 0,
     ) -> tuple[dict[str, Any], Any]:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
@@ -469,6 +493,7 @@ class VllmEngine:
             prompt["cache_salt"] = salt
         params = SamplingParams(
             max_tokens=max_tokens,
+            min_tokens=min(min_tokens, max_tokens),
             temperature=0.0,
             output_kind=RequestOutputKind.DELTA,
             extra_args={EXTRA_KEY: steering.to_extra()},
@@ -520,7 +545,9 @@ class VllmEngine:
 
     async def _stream(self, llm: AsyncLLM, handle: RowHandle, steering: RowSteering) -> None:
         row = handle.row
-        prompt, params = self._request(handle.rid, row.conversation, steering, row.max_new_tokens)
+        prompt, params = self._request(
+            handle.rid, row.conversation, steering, row.max_new_tokens, row.min_new_tokens
+        )
         async for output in llm.generate(prompt, params, request_id=handle.rid):
             handle.started = True
             handle.prompt_tokens = len(output.prompt_token_ids or ())
@@ -539,7 +566,9 @@ class VllmEngine:
         handle.queue.put_nowait(self._done(handle, readout))
 
     @staticmethod
-    def _done(handle: RowHandle, readout: float | None = None, *, cancelled: bool = False) -> RowDone:
+    def _done(
+        handle: RowHandle, readout: float | None = None, *, cancelled: bool = False
+    ) -> RowDone:
         now = time.perf_counter()
         return RowDone(
             text="".join(handle.text),

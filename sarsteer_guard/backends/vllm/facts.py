@@ -107,4 +107,3 @@ def _materialise_sampled(model: torch.nn.Module, directory: Path) -> None:
         owner_name, _, leaf = name.rpartition(".")
         owner = model.get_submodule(owner_name)
         owner._parameters[leaf] = torch.nn.Parameter(tensor, requires_grad=False)
-

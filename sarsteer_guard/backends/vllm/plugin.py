@@ -4,7 +4,9 @@ vLLM calls :func:`register` in every process it starts (front end, engine core, 
 registration must be idempotent and cheap: the model class is registered by its import path
 and only imported where a model is built. Set ``SARSTEER_VLLM_PLUGIN=0`` to leave vLLM's stock
 classes in place (the steered class behaves exactly as stock when no request is steered, at the
-cost of a few tensor ops per layer).
+cost of a few tensor ops per layer). ``SARSTEER_VLLM_MODEL_CLASS=module:Class`` registers
+another class over Qwen2-Audio (tests use it to run a deliberately broken hook-based class and
+check that the engine's self-check refuses to start).
 """
 
 from __future__ import annotations
@@ -27,5 +29,6 @@ def register() -> None:
         return
     from vllm import ModelRegistry
 
+    override = os.environ.get("SARSTEER_VLLM_MODEL_CLASS")
     for arch, path in STEERED_ARCHITECTURES.items():
-        ModelRegistry.register_model(arch, path)
+        ModelRegistry.register_model(arch, override or path)

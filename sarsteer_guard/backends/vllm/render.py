@@ -61,7 +61,9 @@ class ChatRenderer:
         for message in conversation:
             for token in self._control:
                 if token in message.text:
-                    raise ValueError(f"message text contains the control token {token!r}; remove it")
+                    raise ValueError(
+                        f"message text contains the control token {token!r}; remove it"
+                    )
             content: list[dict[str, Any]] = []
             if message.audio is not None:
                 clips.append(self._check_audio(message.audio))

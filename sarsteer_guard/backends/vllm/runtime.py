@@ -91,8 +91,12 @@ class SteeringRuntime:
         self.strength = torch.zeros(max_tokens, dtype=f32, device=device)
         self.set_row = torch.zeros(max_tokens, dtype=i64, device=device)
         self.rec_idx = torch.zeros(max_rows, dtype=i64, device=device)
-        self.tables = [torch.zeros(max_sets, hidden, dtype=f32, device=device) for _ in range(num_layers)]
-        self.recs = [torch.zeros(max_rows, hidden, dtype=f32, device=device) for _ in range(num_layers)]
+        self.tables = [
+            torch.zeros(max_sets, hidden, dtype=f32, device=device) for _ in range(num_layers)
+        ]
+        self.recs = [
+            torch.zeros(max_rows, hidden, dtype=f32, device=device) for _ in range(num_layers)
+        ]
         self._strength_host = np.zeros(max_tokens, dtype=np.float32)
         self._set_row_host = np.zeros(max_tokens, dtype=np.int64)
         self._rec_idx_host = np.zeros(max_rows, dtype=np.int64)
@@ -103,7 +107,7 @@ class SteeringRuntime:
         self._results: OrderedDict[str, RowResult] = OrderedDict()
         self._lock = threading.Lock()  # results are popped from the RPC thread
         self.runner: Any = None
-        self.steps = 0
+        self._stats = {"steps": 0, "partial_prefills": 0, "resumed": 0, "steered_tokens": 0}
 
     # -- control plane (collective_rpc) ------------------------------------------------------
     def attach(self, runner: Any) -> None:
@@ -146,7 +150,7 @@ class SteeringRuntime:
     @torch.no_grad()
     def before_step(self, n_tokens: int) -> None:
         """Fill the per-token buffers for the step the runner has just prepared."""
-        self.steps += 1
+        self._stats["steps"] += 1
         layout = self._layout(n_tokens)
         if layout is None:
             self._clear()
@@ -166,6 +170,7 @@ class SteeringRuntime:
         self._set_row_host[:total] = slot[owner]
         rec = qsl[1:] - 1
         self._pending = []
+        self._count(rows, computed, counts, int(steer.sum()))
         for i, row in enumerate(rows):
             last_prompt = row.prompt_len - 1
             start = int(computed[i])
@@ -203,7 +208,30 @@ class SteeringRuntime:
                 while len(self._results) > _MAX_RESULTS:
                     self._results.popitem(last=False)
 
+    def stats(self) -> dict[str, int]:
+        """Counters of steps, prefill chunks and steered tokens.
+
+        ``partial_prefills``: chunks ending before the prompt's end (chunked prefill);
+        ``resumed``: chunks recomputing generated tokens (a request resumed after preemption).
+        """
+        return dict(self._stats)
+
     # -- internals ---------------------------------------------------------------------------
+    def _count(
+        self,
+        rows: list[_Row],
+        computed: npt.NDArray[np.int64],
+        counts: npt.NDArray[np.int64],
+        steered: int,
+    ) -> None:
+        self._stats["steered_tokens"] += steered
+        for i, row in enumerate(rows):
+            end = int(computed[i] + counts[i])
+            if end < row.prompt_len:
+                self._stats["partial_prefills"] += 1
+            elif int(computed[i]) < row.prompt_len and end > row.prompt_len:
+                self._stats["resumed"] += 1
+
     def _layout(
         self, n_tokens: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], list[_Row]] | None:

@@ -41,6 +41,7 @@ class SarsteerWorkerExtension:
         model = self.model_runner.get_model()
         return {
             "model_class": type(model).__name__,
+            "steerable": 1,
             "num_layers": runtime.num_layers,
             "hidden_size": runtime.hidden,
             "max_sets": runtime.max_sets,
@@ -58,9 +59,7 @@ class SarsteerWorkerExtension:
     ) -> bool:
         """Store a vector set (float32 ``[layers, hidden]`` bytes) in table slot ``slot``."""
         runtime = self._sarsteer_runtime()
-        array = np.frombuffer(vectors, dtype=np.float32).reshape(
-            runtime.num_layers, runtime.hidden
-        )
+        array = np.frombuffer(vectors, dtype=np.float32).reshape(runtime.num_layers, runtime.hidden)
         runtime.put_set(slot, set_id, array, np.asarray(beta, dtype=np.float32), layer_ids)
         return True
 
@@ -72,6 +71,6 @@ class SarsteerWorkerExtension:
             out[rid] = (result.readout, capture)
         return out
 
-    def sarsteer_steps(self) -> int:
-        """Model steps seen by the runtime (a liveness probe for tests)."""
-        return self._sarsteer_runtime().steps
+    def sarsteer_stats(self) -> dict[str, int]:
+        """Counters of the runtime (steps, chunked prefills, resumed requests) for tests."""
+        return self._sarsteer_runtime().stats()
