@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
 
 from sarsteer_guard.backends.vllm.models import SteeredQwen2AudioForConditionalGeneration
 
@@ -29,7 +28,7 @@ class HookSteeredQwen2Audio(SteeredQwen2AudioForConditionalGeneration):
             layer.register_forward_hook(_hook)
 
 
-def _hook(layer: nn.Module, args: Any, output: tuple[torch.Tensor, torch.Tensor]) -> Any:
+def _hook(layer: Any, args: Any, output: tuple[torch.Tensor, torch.Tensor]) -> Any:
     hidden, residual = output
     n = hidden.shape[0]
     idx = layer.sarsteer_rec_idx

@@ -31,7 +31,7 @@ def build_tiny_vllm_model(seed: int = 0, *, layers: int = 4) -> tuple[Any, Any]:
 
     processor = build_tiny_processor()
     config = tiny_config(processor.tokenizer)
-    text = config.text_config
+    text: Any = config.text_config
     text.hidden_size = 2 * TINY_VLLM_HEAD_DIM
     text.num_attention_heads = 2
     text.num_key_value_heads = 1

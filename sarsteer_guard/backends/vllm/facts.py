@@ -45,7 +45,7 @@ def read_facts(path: str | Path, *, model_id: str | None = None) -> ModelFacts:
     config: Any = AutoConfig.from_pretrained(str(directory))
     model = _meta_model(config)
     _materialise_sampled(model, directory)
-    features: Any = AutoFeatureExtractor.from_pretrained(str(directory))
+    features: Any = AutoFeatureExtractor.from_pretrained(str(directory))  # type: ignore[no-untyped-call]  # untyped in transformers
     text = config.get_text_config()
     return ModelFacts(
         model_id=model_id or str(directory),

@@ -37,7 +37,7 @@ __all__ = ["SteeredQwen2AudioForConditionalGeneration", "SteeredQwen2DecoderLaye
 DEFAULT_MAX_SETS = 16
 
 
-class SteeredQwen2DecoderLayer(Qwen2DecoderLayer):
+class SteeredQwen2DecoderLayer(Qwen2DecoderLayer):  # type: ignore[misc]  # vllm is untyped here (follow_imports=skip)
     """A Qwen2 decoder layer that adds its per-token steering offset (never constructed)."""
 
     sarsteer_strength: torch.Tensor
@@ -82,7 +82,7 @@ def install(
     return steered
 
 
-class SteeredQwen2AudioForConditionalGeneration(Qwen2AudioForConditionalGeneration):
+class SteeredQwen2AudioForConditionalGeneration(Qwen2AudioForConditionalGeneration):  # type: ignore[misc]  # vllm is untyped here
     """vLLM's Qwen2-Audio with per-request SARSteer steering (see the module docstring)."""
 
     def __init__(self, *, vllm_config: Any, prefix: str = "") -> None:
