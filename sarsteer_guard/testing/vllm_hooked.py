@@ -1,9 +1,10 @@
 """A deliberately broken steered class: steering by forward hooks, as naive plugins do.
 
-Hooks run in eager mode but compiled code ignores them, which silently dropped steering in
-vLLM's default (compiled) mode. Tests register this class (``SARSTEER_VLLM_MODEL_CLASS``) to
-check that the engine's startup self-check catches exactly that failure and refuses to start.
-Never used for serving.
+Hooks registered after vLLM has compiled the text model (here: when the engine attaches, as
+plugins that add hooks over ``collective_rpc`` do) run in eager mode but compiled code ignores
+them, which silently dropped steering in vLLM's default (compiled) mode. Tests register this
+class (``SARSTEER_VLLM_MODEL_CLASS``) to check that the engine's startup self-check catches
+exactly that failure and refuses to start. Never used for serving.
 """
 
 from __future__ import annotations
@@ -23,9 +24,19 @@ class HookSteeredQwen2Audio(SteeredQwen2AudioForConditionalGeneration):
     def _sarsteer_install(self) -> None:
         super()._sarsteer_install()
         text = self.language_model.model
-        for layer in list(text.layers)[text.start_layer : text.end_layer]:
+        layers = list(text.layers)[text.start_layer : text.end_layer]
+        for layer in layers:
             layer.__class__ = type(layer).__mro__[1]  # back to the stock layer class
-            layer.register_forward_hook(_hook)
+        runtime = self.sarsteer
+        assert runtime is not None  # noqa: S101  # set by super()
+        attach = runtime.attach
+
+        def attach_and_hook(runner: Any) -> None:  # after warm-up compiled the text model
+            attach(runner)
+            for layer in layers:
+                layer.register_forward_hook(_hook)
+
+        runtime.attach = attach_and_hook  # type: ignore[method-assign]  # the broken variant
 
 
 def _hook(layer: Any, args: Any, output: tuple[torch.Tensor, torch.Tensor]) -> Any:

@@ -52,8 +52,12 @@ def test_eager_mode_steers_like_transformers(ckpt: Path, loop: asyncio.AbstractE
     try:
         convs = conversations()[:4]
         rows = [VllmRow(c, 12, steering=vset, alpha=a) for c in convs for a in (0.0, 0.5)]
-        handles = [engine.submit(r) for r in rows]
-        done = run(asyncio.gather(*(h.result() for h in handles)), loop)
+
+        async def batch() -> list[VllmRow]:
+            handles = [engine.submit(r) for r in rows]
+            return list(await asyncio.gather(*(h.result() for h in handles)))
+
+        done = run(batch(), loop)
     finally:
         run(engine.stop(), loop)
     eos = eos_ids(lm)
