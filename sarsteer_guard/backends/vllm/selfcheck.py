@@ -44,11 +44,12 @@ async def run_self_check(engine: VllmEngine) -> None:
     """Raise :class:`SteeringUnavailableError` unless steering demonstrably applies."""
     facts = engine.facts
     conversation = canary_conversation(facts.sampling_rate)
+    mode = "eager" if engine.config.enforce_eager else "compiled"
     states = (await engine.capture([conversation]))[0]  # [L, H]
     if not bool(torch.isfinite(states).all()) or float(states.abs().sum()) == 0.0:
         raise SteeringUnavailableError(
-            "self-check: the capture of layer states came back empty; vLLM runs the model "
-            "without the steered layers"
+            f"self-check ({mode}): the capture of layer states came back empty; vLLM does not "
+            "run the steered layers' code in this mode, refusing to serve unsteered traffic"
         )
     generator = torch.Generator().manual_seed(1234)
     direction = torch.randn(facts.num_layers, facts.hidden_size, generator=generator)
@@ -73,7 +74,6 @@ async def run_self_check(engine: VllmEngine) -> None:
     plain = await engine.generate(row(None))
     zero = await engine.generate(row(0.0))
     steered = await engine.generate(row(1.0))
-    mode = "eager" if engine.config.enforce_eager else "compiled"
     if zero.token_ids != plain.token_ids:
         raise SteeringUnavailableError(
             f"self-check ({mode}): an alpha-0 row differs from an unsteered row; the steered "
