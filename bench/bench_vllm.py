@@ -172,7 +172,7 @@ def main() -> None:
         v, h = vllm["unsteered"][str(n)], hf[str(n)]
         summary[str(n)] = {
             "first_token_p95_ratio_vllm_over_hf": ratio(
-                v["first_token_ms"]["p95_ms"], h["first_token_ms"]["p95"]
+                v["first_token_ms"]["p95_ms"], h["first_token_ms"]["p95_ms"]
             ),
             "throughput_ratio_vllm_over_hf": ratio(v["turns_per_s"], h["turns_per_s"]),
         }
