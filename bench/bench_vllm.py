@@ -26,8 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import base_parser, emit, latency_summary, machine_info, quiet_logs, ratio
 
+from sarsteer_guard.backends.transformers import TransformersBackend
 from sarsteer_guard.backends.vllm.engine import SteeringSet, VllmEngine, VllmEngineConfig, VllmRow
-from sarsteer_guard.guard.engine import GenerationEngine, GenerationRequest, SteeringSpec
+from sarsteer_guard.guard.backend import RowDone, RowFailed, RowRequest, SteeringSpec
 from sarsteer_guard.models import Message, load_model
 from sarsteer_guard.testing.vllm_models import write_tiny_vllm_checkpoint
 
@@ -72,28 +73,25 @@ async def sessions_vllm(
     }
 
 
-async def sessions_hf(engine: GenerationEngine, n: int, turns: int) -> dict[str, Any]:
+async def sessions_hf(engine: TransformersBackend, n: int, turns: int) -> dict[str, Any]:
     firsts: list[float] = []
     tokens = 0
 
     async def session(s: int) -> None:
         nonlocal tokens
-        loop = asyncio.get_running_loop()
         for t in range(turns):
-            request = GenerationRequest(
+            request = RowRequest(
                 conversation=conversation(s * 7 + t),
-                alpha=0.0,
                 steering=SteeringSpec(),
+                alpha=0.0,
                 max_new_tokens=REPLY,
-                loop=loop,
             )
-            engine.submit(request)
-            async for kind, payload in request.stream():
-                if kind == "done":
-                    firsts.append(payload.first_token_ms / 1000)
-                    tokens += payload.tokens
-                elif kind == "error":
-                    raise payload
+            async for event in engine.submit(request).events():
+                if isinstance(event, RowDone):
+                    firsts.append(event.first_token_ms / 1000)
+                    tokens += event.tokens
+                elif isinstance(event, RowFailed):
+                    raise event.error
 
     start = time.perf_counter()
     await asyncio.gather(*(session(s) for s in range(n)))
@@ -137,7 +135,7 @@ async def run_vllm(path: Path, levels: list[int], turns: int) -> dict[str, Any]:
 async def run_hf(path: Path, levels: list[int], turns: int) -> dict[str, Any]:
     lm = load_model(str(path), dtype="float32")
     lm.model.generation_config.min_new_tokens = REPLY
-    engine = GenerationEngine(lm, max_batch_size=16)
+    engine = TransformersBackend(lm, max_batch_size=16)
     engine.start()
     out: dict[str, Any] = {}
     try:

@@ -12,9 +12,8 @@ from typing import Any
 
 import torch
 
+from sarsteer_guard.models.builtin import _generation_config, build_tiny_processor, tiny_config
 from sarsteer_guard.models.hub_layout import save_hub_layout
-
-from .models import _generation_config, build_tiny_processor, tiny_config
 
 __all__ = ["TINY_VLLM_HEAD_DIM", "build_tiny_vllm_model", "write_tiny_vllm_checkpoint"]
 
