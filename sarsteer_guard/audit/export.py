@@ -112,7 +112,8 @@ def csv_row(record: AuditRecord) -> dict[str, Any]:
         "shadow_keyword": "" if shadow is None else shadow.keyword or "",
         "shadow_text": "" if shadow is None else shadow.text,
         "context": json.dumps(record.context, sort_keys=True, ensure_ascii=False),
-        "audio_kept": "true" if record.audio is not None else "false",
+        # Kept audio lives beside the chain; the record keeps its format as the marker.
+        "audio_kept": "true" if record.audio is not None or record.audio_format else "false",
         "flags": json.dumps(list(record.flags)),
         "rule": record.rule or "",
         "vector_set_id": record.vector_set_id or "",
