@@ -97,7 +97,8 @@ def test_kept_audio_leaves_the_chain_and_matches_the_hashed_digest(
     assert audio.content_type == "audio/flac"
     assert audio_matches_record(audio, stored)
     samples, rate = sf.read(io.BytesIO(audio.data))
-    assert rate == 16000 and len(samples) > 8000
+    assert rate == 16000
+    assert len(samples) > 8000
     # Default audio retention: 30 days, never beyond the record's own.
     assert audio.expires is not None
     assert timedelta(days=29) < audio.expires - draft.time <= timedelta(days=30)
@@ -108,7 +109,8 @@ def test_other_audio_does_not_match_the_record(store: tuple[str, AuditLog]) -> N
     _, log = store
     record = log.append(spoken_draft("one two three", "I cannot.", time=NOW))
     other = log.append(spoken_draft("something else entirely", "I cannot.", time=NOW))
-    assert record is not None and other is not None
+    assert record is not None
+    assert other is not None
     audio = log.get_audio(other.id)
     assert audio is not None
     assert not audio_matches_record(audio, record)
@@ -167,7 +169,9 @@ def test_the_in_memory_log_keeps_old_style_inline_audio() -> None:
     flac = base64.b64encode(b"inline").decode()
     record = log.append(sample_draft(audio=flac, audio_format="flac"))
     audio = log.get_audio(record.id)
-    assert audio is not None and audio.inline and audio.data == b"inline"
+    assert audio is not None
+    assert audio.inline
+    assert audio.data == b"inline"
 
 
 def test_redis_reads_only_the_tail_when_catching_up(store: tuple[str, AuditLog]) -> None:
@@ -199,7 +203,8 @@ def test_cli_writes_the_audio_and_prunes_it_separately(
     assert "was not kept" in capsys.readouterr().err
     assert main(["audit", "prune", "--audit", str(path), "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert "would prune no records" in text and "1 kept audio clips" in text
+    assert "would prune no records" in text
+    assert "1 kept audio clips" in text
     assert main(["audit", "prune", "--audit", str(path), "--audio"]) == 0
     assert "deleted 1 kept audio clips" in capsys.readouterr().out
     assert main(["audit", "show", record.id, "--audit", str(path), "--audio-out", str(out)]) == 2
@@ -248,8 +253,10 @@ def test_labels_supersede_and_never_erase(store: tuple[str, AuditLog]) -> None:
         assert labels[1].note == "harmless recipe"
         assert list(review.labels(after_seq=1)) == [labels[1]]
         event = review.record_access(actor="alice", role="reviewer", action="view", target="x")
-        assert isinstance(event, AccessEvent) and event.seq == 1
-        assert review.verify_labels().ok and review.verify_access().ok
+        assert isinstance(event, AccessEvent)
+        assert event.seq == 1
+        assert review.verify_labels().ok
+        assert review.verify_access().ok
         with pytest.raises(AuditError, match="label"):
             review.add_label(record_id=record.id, label="wrong", reviewer="alice")  # type: ignore[arg-type]  # testing the runtime check
         with pytest.raises(AuditError, match="note"):
