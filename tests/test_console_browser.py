@@ -419,7 +419,8 @@ def _tamper(store: Store, record: AuditRecord) -> None:
         conn.execute("DROP TRIGGER audit_records_append_only")
         row = conn.execute("SELECT data FROM audit_records WHERE id = ?", (record.id,)).fetchone()
         data = json.loads(row[0]) | {"response_text": "Sure, here is how."}
-        conn.execute("UPDATE audit_records SET data = ? WHERE id = ?", (json.dumps(data), record.id))
+        edit = "UPDATE audit_records SET data = ? WHERE id = ?"
+        conn.execute(edit, (json.dumps(data), record.id))
         conn.close()
         return
     assert isinstance(store.log, RedisAuditLog)
@@ -464,8 +465,12 @@ def test_an_admin_prunes_records_and_audio_after_a_dry_run(
             log.append(sample_draft(turn_id=f"old{i}", time=NOW - timedelta(days=200 - i),
                                     retention_until=NOW - timedelta(days=10)))  # fmt: skip
         spoken = log.append(
-            spoken_draft("Tell me a secret.", "I cannot share that.", time=NOW - timedelta(days=9),
-                         audio_retention_until=NOW - timedelta(days=2))  # fmt: skip
+            spoken_draft(
+                "Tell me a secret.",
+                "I cannot share that.",
+                time=NOW - timedelta(days=9),
+                audio_retention_until=NOW - timedelta(days=2),
+            )
         )
         log.append(sample_draft(turn_id="recent"))
     settings = ConsoleSettings(audit_url=str(path), tokens=TOKENS)
