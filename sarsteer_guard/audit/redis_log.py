@@ -407,23 +407,30 @@ class RedisAuditLog(AuditLog):
         self.open()
         rows: Iterable[tuple[str, dict[str, str]]] = self._scan()
         if where.after_seq is not None:
-            head = self._read_head()
-            if head.seq - where.after_seq <= _TAIL_LIMIT:
-                rows = self._tail(where.after_seq)
+            newer = self._read_head().seq - where.after_seq
+            if newer <= 0:
+                return
+            if newer <= _TAIL_LIMIT:
+                rows = self._tail(where.after_seq, newer)
         for sid, fields in rows:
             record = parse_record(fields.get("data", ""), where=f"stream id {sid}")
             if where.matches(record):
                 yield record
 
-    def _tail(self, after_seq: int) -> list[tuple[str, dict[str, str]]]:
-        """Entries whose stored seq is above ``after_seq``, in stream order (read backwards)."""
+    def _tail(self, after_seq: int, expected: int) -> list[tuple[str, dict[str, str]]]:
+        """Entries whose stored seq is above ``after_seq``, in stream order (read backwards).
+
+        ``expected`` (how many the head says are newer) sizes the first read, so catching
+        up on a few records transfers a few entries, not a page.
+        """
         found: list[tuple[str, dict[str, str]]] = []
         end = "+"
+        count = min(_PAGE, expected + 1)
         while True:
             page = cast(
                 list[tuple[str, dict[str, str]]],
                 self._call(
-                    "read records", self._redis().xrevrange, self.keys[0], end, "-", count=_PAGE
+                    "read records", self._redis().xrevrange, self.keys[0], end, "-", count=count
                 ),
             )
             for sid, fields in page:
@@ -434,9 +441,10 @@ class RedisAuditLog(AuditLog):
                 if seq <= after_seq:
                     return found[::-1]
                 found.append((sid, fields))
-            if len(page) < _PAGE:
+            if len(page) < count:
                 return found[::-1]
             end = "(" + page[-1][0]
+            count = _PAGE
 
     def get(self, record_id: str) -> AuditRecord | None:
         """Look the stream id up in the index, then read that one entry."""

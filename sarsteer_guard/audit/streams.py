@@ -275,7 +275,14 @@ class RedisSideStream(SideStream):
         raise AuditError(f"appending to the {self.name} stream kept conflicting; retry")
 
     def entries(self, after_seq: int = 0) -> Iterator[StoredEntry]:
-        """Scan the stream in pages, skipping entries at or below ``after_seq``."""
+        """Entries above ``after_seq``: the newest few read backwards, else a full scan."""
+        if after_seq > 0:
+            head = self.head()
+            if head is None or head.seq <= after_seq:
+                return
+            if head.seq - after_seq < _PAGE:
+                yield from self._tail(after_seq, head.seq - after_seq + 1)
+                return
         start = "-"
         while True:
             rows = cast(
@@ -288,14 +295,32 @@ class RedisSideStream(SideStream):
                 except ValueError:
                     seq = after_seq + 1  # unreadable: the verifier reports it
                 if seq > after_seq:
-                    yield StoredEntry(
-                        fields.get("data", ""),
-                        f"{self.name} stream id {sid}",
-                        {k: fields.get(k) for k in ("seq", "hash")},
-                    )
+                    yield self._entry(sid, fields)
             if len(rows) < _PAGE:
                 return
             start = "(" + rows[-1][0]
+
+    def _tail(self, after_seq: int, count: int) -> Iterator[StoredEntry]:
+        rows = cast(
+            list[tuple[str, dict[str, str]]],
+            self._call("read", self._client.xrevrange, self.keys[0], "+", "-", count=count),
+        )
+        newer = []
+        for sid, fields in rows:
+            try:
+                if int(fields.get("seq", "")) <= after_seq:
+                    break
+            except ValueError:
+                pass  # unreadable: the verifier reports it
+            newer.append(self._entry(sid, fields))
+        yield from reversed(newer)
+
+    def _entry(self, sid: str, fields: dict[str, str]) -> StoredEntry:
+        return StoredEntry(
+            fields.get("data", ""),
+            f"{self.name} stream id {sid}",
+            {k: fields.get(k) for k in ("seq", "hash")},
+        )
 
     def head(self) -> ChainHead | None:
         """The head hash fields."""
