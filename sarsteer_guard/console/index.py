@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -143,11 +142,6 @@ class LabelIndex:
     def history(self, record_id: str) -> list[ReviewLabel]:
         """Every label of a record, newest first."""
         return list(reversed(self.by_record.get(record_id, [])))
-
-    def current(self) -> Iterator[ReviewLabel]:
-        """The label in force of every labelled record."""
-        for labels in self.by_record.values():
-            yield labels[-1]
 
 
 @dataclass(frozen=True)
