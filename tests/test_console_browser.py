@@ -480,7 +480,7 @@ def test_an_admin_prunes_records_and_audio_after_a_dry_run(
         preview = page.inner_text("#prune-preview")
         assert "would remove 3 records" in preview
         assert "seq 1 to 3" in preview
-        assert "1 audio clips are past their retention" in page.inner_text("main")
+        assert "1 audio clip past its retention" in page.inner_text("main")
         screenshot(page, "sqlite-09-retention-preview")
         page.click("form[action='/admin/retention/records'] button")  # not confirmed yet
         assert "Tick the box" in page.inner_text("main")

@@ -34,6 +34,7 @@ def _retention(console: Console) -> dict[str, Any]:
         "keyed": AuditKeys.from_env() is not None,
         "key_env": KEY_ENV,
         "done": None,
+        "ok": False,
     }
 
 
@@ -61,6 +62,7 @@ def _prune_records(console: Console, expected: str) -> dict[str, Any]:
     mac = f"MACed with key id {keys.current.key_id}" if keys else f"not MACed ({KEY_ENV} unset)"
     data["done"] = f"Removed {removed} records; the new checkpoint is {mac}."
     data["removed"] = removed
+    data["ok"] = True
     return data
 
 
@@ -89,6 +91,7 @@ async def prune_audio_action(request: Request, ctx: Ctx) -> Response:
     await ctx.record_access("prune_audio", removed=removed)
     data = await ctx.run(_retention, ctx.console)
     data["done"] = f"Deleted {removed} kept audio clips; the records and the chain are unchanged."
+    data["ok"] = True
     return ctx.render("retention.html", **data)
 
 
