@@ -48,8 +48,8 @@ class KeptAudio:
 
     @property
     def content_type(self) -> str:
-        """``audio/flac`` or ``audio/wav``."""
-        return CONTENT_TYPES[self.format]
+        """``audio/flac`` or ``audio/wav`` (a damaged format field: opaque bytes)."""
+        return CONTENT_TYPES.get(self.format, "application/octet-stream")
 
     @property
     def inline(self) -> bool:

@@ -171,7 +171,7 @@ async def audio_route(request: Request, ctx: Ctx) -> Response:
         await ctx.record_access("audio", target=record_id)
     name = _SAFE_NAME.sub("_", record_id)
     headers = {
-        "Content-Disposition": f'inline; filename="{name}.{audio.format}"',
+        "Content-Disposition": f'inline; filename="{name}.{_SAFE_NAME.sub("_", audio.format)}"',
         "Accept-Ranges": "bytes",
     }
     if span is None:
