@@ -12,6 +12,7 @@ who) without query strings, cookies or form contents.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -167,13 +168,16 @@ def create_app(settings: ConsoleSettings, audit: AuditLog | None = None) -> Star
 
 
 def serve(settings: ConsoleSettings) -> None:
-    """Run the console with uvicorn until interrupted (structured JSON logs on stderr)."""
+    """Run the console with uvicorn until interrupted (JSON log lines on stderr).
+
+    ``SARSTEER_LOG_JSON=0`` gives readable lines on a terminal instead.
+    """
     import uvicorn
 
     from sarsteer_guard.log import configure_logging
 
-    configure_logging(json=True)
-    app = create_app(settings)
+    app = create_app(settings)  # settings and the store are checked before logging is set up
+    configure_logging(json=os.environ.get("SARSTEER_LOG_JSON") != "0")
     tokens = settings.tokens
     log.info(
         "console.start",
