@@ -205,6 +205,8 @@ def test_cli_writes_the_audio_and_prunes_it_separately(
     text = capsys.readouterr().out
     assert "would prune no records" in text
     assert "1 kept audio clips" in text
+    assert main(["audit", "prune", "--audit", str(path), "--audio", "--dry-run"]) == 0
+    assert "1 kept audio clips are past" in capsys.readouterr().out  # shown, not deleted
     assert main(["audit", "prune", "--audit", str(path), "--audio"]) == 0
     assert "deleted 1 kept audio clips" in capsys.readouterr().out
     assert main(["audit", "show", record.id, "--audit", str(path), "--audio-out", str(out)]) == 2

@@ -426,10 +426,10 @@ def _parse_anchor(text: str) -> tuple[int, str]:
 def _cmd_prune(args: argparse.Namespace) -> int:
     from sarsteer_guard.audit import KEY_ENV, AuditKeys
 
+    if args.dry_run:  # also with --audio: a dry run never deletes
+        return _prune_dry_run(args)
     if args.audio:
         return _prune_audio(args)
-    if args.dry_run:
-        return _prune_dry_run(args)
     keys = AuditKeys.from_env()  # before deleting anything: a bad key is a one-line error
     with open_audit_log(args.audit) as log:
         count = log.prune(args.now)
