@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: install what the tests need on a fresh machine, then run
 # lint (ruff), types (mypy strict) and the whole pytest suite (core + both integrations).
-#   - Debian packages: espeak-ng and sox (real speech fixtures), redis-server, docker-compose
+#   - Debian packages: espeak-ng and sox (real speech fixtures), redis-server, docker-compose,
+#     chromium (the review console's browser tests drive it through Playwright; no
+#     `playwright install` download)
 #   - a Redis at $REDIS_URL (started on 127.0.0.1:6379 if none answers)
 #   - .venv with CPU torch pinned *first* (otherwise pip pulls multi-GB CUDA wheels)
 set -euo pipefail
@@ -15,10 +17,16 @@ command -v espeak-ng >/dev/null || missing+=(espeak-ng)
 command -v sox >/dev/null || missing+=(sox libsox-fmt-all)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v docker-compose >/dev/null || missing+=(docker-compose)  # validates docker-compose.yml
+command -v chromium >/dev/null || missing+=(chromium)  # review console browser tests
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt-get install ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+if ! command -v chromium >/dev/null; then
+  msg="chromium is not installed (apt-get install -y chromium): the review console's browser tests need it"
+  if [ "${SARSTEER_REQUIRE_FIXTURES:-0}" = "1" ]; then echo "error: $msg" >&2; exit 1; fi
+  echo "warning: $msg; they will be skipped" >&2
 fi
 
 if ! redis-cli -u "$REDIS_URL" ping >/dev/null 2>&1; then

@@ -11,6 +11,9 @@ Store URLs (``--audit`` in the CLI, ``SARSTEER_AUDIT_URL`` in the environment):
 - ``redis://host:port/db?prefix=P&max_len=N&max_age_days=D`` (also ``rediss://``,
   ``unix://``): Redis Streams.
 
+Both take ``audio_max_age_days=N``: how long kept audio stays beside the chain when the
+draft names no audio retention (default 30 days; see :mod:`sarsteer_guard.audit.audio`).
+
 Writers (the Guard) get the backend wrapped in a :class:`SpooledAuditLog`, so no
 record whose id was handed out is lost when a write fails; readers
 (``open_audit_log(url, create=False)``, the ``audit`` commands) get the bare backend,
@@ -31,6 +34,7 @@ loop, e.g. ``await asyncio.to_thread(log.append, draft)``)::
         context=redact_context(ctx, hash_fields, drop_fields),  # salt from the env
         audio_sha256=audio_sha256(wav_bytes),
         audio=encode_audio(wav_bytes) if keep_audio else None, audio_format="wav",
+        audio_retention_until=now + audio_retention,  # kept audio goes sooner (audit.audio)
         flags=("fail_open",) if failed_open else (), retention_until=now + retention,
         shadow=ShadowOutcome.from_turn(decision.shadow) if decision.shadow else None,
     )
@@ -45,14 +49,17 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
+from sarsteer_guard.audit.audio import KeptAudio
 from sarsteer_guard.audit.base import (
     AuditLog,
     AuditStoreMissingError,
     ChainBreak,
+    PrunePreview,
     RecordFilter,
     VerifyReport,
 )
 from sarsteer_guard.audit.checkpoint import Checkpoint
+from sarsteer_guard.audit.dsa import DsaSettings, export_dsa
 from sarsteer_guard.audit.export import (
     export_csv,
     export_jsonl,
@@ -73,6 +80,7 @@ from sarsteer_guard.audit.record import (
     redact_context,
 )
 from sarsteer_guard.audit.redis_log import RedisAuditLog
+from sarsteer_guard.audit.review import LABELS, AccessEvent, ReviewLabel, ReviewLog
 from sarsteer_guard.audit.spool import SpooledAuditLog, SpoolFullError, spool_backlog
 from sarsteer_guard.audit.sqlite_log import SqliteAuditLog
 from sarsteer_guard.errors import AuditError
@@ -83,8 +91,10 @@ URL_ENV = "SARSTEER_AUDIT_URL"
 __all__ = [
     "GENESIS_HASH",
     "KEY_ENV",
+    "LABELS",
     "SALT_ENV",
     "URL_ENV",
+    "AccessEvent",
     "AuditDraft",
     "AuditKeys",
     "AuditLog",
@@ -93,8 +103,13 @@ __all__ = [
     "ChainBreak",
     "Checkpoint",
     "Detection",
+    "DsaSettings",
+    "KeptAudio",
+    "PrunePreview",
     "RecordFilter",
     "RedisAuditLog",
+    "ReviewLabel",
+    "ReviewLog",
     "ShadowOutcome",
     "SpoolFullError",
     "SpooledAuditLog",
@@ -105,6 +120,7 @@ __all__ = [
     "default_state_dir",
     "encode_audio",
     "export_csv",
+    "export_dsa",
     "export_jsonl",
     "export_sor",
     "new_record_id",
@@ -122,12 +138,12 @@ def default_state_dir() -> Path:
     return Path(base) / "sarsteer-guard"
 
 
-def _max_age(query: str) -> timedelta | None:
-    days = dict(parse_qsl(query)).get("max_age_days")
+def _max_age(query: str, key: str = "max_age_days") -> timedelta | None:
+    days = dict(parse_qsl(query)).get(key)
     try:
         return timedelta(days=float(days)) if days else None
     except ValueError as error:
-        raise AuditError(f"bad max_age_days in audit store URL ({days!r}); use a number") from error
+        raise AuditError(f"bad {key} in audit store URL ({days!r}); use a number") from error
 
 
 def sqlite_path(url: str) -> Path:
@@ -175,7 +191,12 @@ def _backend(url: str, create: bool) -> AuditLog:
     windows_drive = len(scheme) == 1 and os.name == "nt"
     if scheme in ("", "sqlite", "file") or windows_drive:
         query = parts.query if scheme == "sqlite" else ""
-        return SqliteAuditLog(sqlite_path(url), max_age=_max_age(query), create=create)
+        return SqliteAuditLog(
+            sqlite_path(url),
+            max_age=_max_age(query),
+            audio_max_age=_max_age(query, "audio_max_age_days"),
+            create=create,
+        )
     raise AuditError(
         f"unsupported audit store {scheme}://; use sqlite:///path, a file path or redis://host"
     )

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any, Self, Unpack
 
 from pydantic import ValidationError
 
+from sarsteer_guard.audit.audio import KeptAudio, inline_audio
 from sarsteer_guard.audit.chain import expired_by, stored_expiry
 from sarsteer_guard.audit.filter import RecordFilter, RecordFilterFields
 from sarsteer_guard.audit.record import AuditDraft, AuditRecord, format_time
@@ -34,6 +35,8 @@ __all__ = [
     "AuditStoreMissingError",
     "BreakKind",
     "ChainBreak",
+    "KeptAudio",
+    "PrunePreview",
     "RecordFilter",
     "StoredEntry",
     "VerifyReport",
@@ -128,6 +131,34 @@ class AuditLog(ABC):
         """Records accepted but not chained yet (a spool's backlog); 0 for direct backends."""
         return 0
 
+    # -- retention previews and kept audio (optional; defaults suit in-memory logs) --------
+    max_age: timedelta | None = None
+    """The store's age limit applied by :meth:`prune`, on top of each record's retention."""
+
+    def prune_preview(self, now: datetime | None = None) -> PrunePreview:
+        """What :meth:`prune` would remove at ``now``, without removing anything."""
+        now = now or datetime.now(UTC)
+        preview = PrunePreview()
+        for record in self.iter():
+            data = record.to_json_dict()
+            if not is_expired(data, now, self.max_age):
+                break
+            preview = preview.add(record)
+        return preview
+
+    def get_audio(self, record_id: str) -> KeptAudio | None:
+        """The audio kept for this record (beside the chain, or inline in old records)."""
+        record = self.get(record_id)
+        return None if record is None else inline_audio(record)
+
+    def audio_due(self, now: datetime | None = None) -> list[tuple[str, datetime]]:
+        """(record id, expiry) of kept audio past its retention at ``now``, oldest first."""
+        return []
+
+    def prune_audio(self, now: datetime | None = None) -> int:
+        """Delete kept audio past its own retention; the chain is untouched. Returns the count."""
+        return 0
+
     def __enter__(self) -> Self:
         return self
 
@@ -138,6 +169,30 @@ class AuditLog(ABC):
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class PrunePreview:
+    """The expired prefix :meth:`AuditLog.prune` would remove (a dry run)."""
+
+    count: int = 0
+    first_seq: int | None = None
+    last_seq: int | None = None
+    last_hash: str | None = None
+    oldest: datetime | None = None
+    newest: datetime | None = None
+
+    def add(self, record: AuditRecord) -> PrunePreview:
+        """This preview extended by ``record`` (the next record of the prefix)."""
+        times = [t for t in (self.oldest, self.newest, record.time) if t is not None]
+        return PrunePreview(
+            count=self.count + 1,
+            first_seq=record.seq if self.first_seq is None else self.first_seq,
+            last_seq=record.seq,
+            last_hash=record.hash,
+            oldest=min(times),
+            newest=max(times),
+        )
 
 
 def parse_record(text: str | bytes, *, where: str) -> AuditRecord:

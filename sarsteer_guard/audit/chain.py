@@ -145,17 +145,28 @@ def seal(
     verification of stored data does not depend on how pydantic re-serialises it)
     and the new head. ``max_age`` is the backend's age limit, part of the expiry.
     """
-    data = draft.model_dump(mode="json")
+    # The audio's own retention belongs to the audio kept beside the chain, not the record.
+    data = draft.model_dump(mode="json", exclude={"audio_retention_until"})
     data["record_version"] = RECORD_VERSION
     if head.expiry == NO_RECORDS:
         data["prior_expiry"] = data["time"]  # nothing before it: vacuous
     else:
         data["prior_expiry"] = None if head.expiry == NEVER else head.expiry
+    text = link(data, head)
+    own = record_expiry(draft.time, draft.retention_until, max_age)
+    new_head = ChainHead(head.seq + 1, data["hash"], later(head.expiry, own))
+    record = AuditRecord.model_validate(data, context={SEALED_CONTEXT: True})
+    return record, text, new_head
+
+
+def link(data: dict[str, Any], head: ChainHead) -> str:
+    """Put ``data`` after ``head``: set ``seq``, ``prev_hash`` and ``hash`` in place.
+
+    Returns the stored JSON text (exactly the dict that was hashed). Shared by audit
+    records (:func:`seal`) and the review streams beside them
+    (:mod:`sarsteer_guard.audit.streams`), so one verifier checks them all.
+    """
     data["seq"] = head.seq + 1
     data["prev_hash"] = head.hash
     data["hash"] = chain_hash(head.hash, data)
-    own = record_expiry(draft.time, draft.retention_until, max_age)
-    new_head = ChainHead(head.seq + 1, data["hash"], later(head.expiry, own))
-    text = json.dumps(data, sort_keys=True, ensure_ascii=False)
-    record = AuditRecord.model_validate(data, context={SEALED_CONTEXT: True})
-    return record, text, new_head
+    return json.dumps(data, sort_keys=True, ensure_ascii=False)

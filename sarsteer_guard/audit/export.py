@@ -12,6 +12,7 @@ statement. Shadow-mode records are counted by what enforce would have done
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -83,6 +84,11 @@ class OutcomeCounts:
         return f"{self.refused} refused, {self.shadow_refused} refused in shadow"
 
 
+def jsonl_line(record: AuditRecord) -> str:
+    """A record's stored JSON form as one line (lossless: it re-hashes to its ``hash``)."""
+    return json.dumps(record.to_json_dict(), sort_keys=True, ensure_ascii=False) + "\n"
+
+
 def export_jsonl(records: Iterable[AuditRecord], out: TextIO) -> int:
     """Write each record's stored JSON form on one line; return the count.
 
@@ -90,7 +96,7 @@ def export_jsonl(records: Iterable[AuditRecord], out: TextIO) -> int:
     """
     count = 0
     for record in records:
-        out.write(json.dumps(record.to_json_dict(), sort_keys=True, ensure_ascii=False) + "\n")
+        out.write(jsonl_line(record))
         count += 1
     return count
 
@@ -112,7 +118,8 @@ def csv_row(record: AuditRecord) -> dict[str, Any]:
         "shadow_keyword": "" if shadow is None else shadow.keyword or "",
         "shadow_text": "" if shadow is None else shadow.text,
         "context": json.dumps(record.context, sort_keys=True, ensure_ascii=False),
-        "audio_kept": "true" if record.audio is not None else "false",
+        # Kept audio lives beside the chain; the record keeps its format as the marker.
+        "audio_kept": "true" if record.audio is not None or record.audio_format else "false",
         "flags": json.dumps(list(record.flags)),
         "rule": record.rule or "",
         "vector_set_id": record.vector_set_id or "",
@@ -122,13 +129,24 @@ def csv_row(record: AuditRecord) -> dict[str, Any]:
 
 def export_csv(records: Iterable[AuditRecord], out: TextIO) -> int:
     """Write a header and one flat row per record; return the count."""
-    writer = csv.DictWriter(out, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
-    writer.writeheader()
     count = 0
-    for record in records:
-        writer.writerow(csv_row(record))
+    for line in csv_lines(records):
+        out.write(line)
         count += 1
-    return count
+    return count - 1
+
+
+def csv_lines(records: Iterable[AuditRecord]) -> Iterator[str]:
+    """The CSV export as text chunks: the header, then one row per record (for streaming)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    yield buffer.getvalue()
+    for record in records:
+        buffer.seek(0)
+        buffer.truncate()
+        writer.writerow(csv_row(record))
+        yield buffer.getvalue()
 
 
 def statement_of_reasons(record: AuditRecord) -> dict[str, Any] | None:

@@ -275,7 +275,33 @@ class AuditDraft(_AuditFields):
 
     ``id`` and ``time`` are fixed at creation so a draft that waits in the spool keeps
     the time of the turn, and replaying it twice is recognised by its id.
+
+    Kept audio (``audio``) does not enter the chain: the SQLite and Redis backends
+    store it beside the records, keyed by record id, until ``audio_retention_until``
+    (see :mod:`sarsteer_guard.audit.audio`); the sealed record keeps ``audio_format``
+    and the hashed ``audio_sha256``, so deleting the audio leaves the chain intact.
     """
+
+    audio_retention_until: datetime | None = None
+    """When the kept audio may be deleted (the policy's ``audio_retention_days``); unset:
+    the store's default audio age. Never later than ``retention_until``. Not sealed."""
+
+    @field_validator("audio_retention_until")
+    @classmethod
+    def _audio_retention_utc(cls, value: datetime | None) -> datetime | None:
+        return to_utc(value)
+
+    @field_serializer("audio_retention_until")
+    def _ser_audio_retention(self, value: datetime | None) -> str | None:
+        return None if value is None else format_time(value)
+
+    @model_serializer(mode="wrap")
+    def _without_unset_audio_retention(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # Unset, the key is left out, so drafts (and spool files) read as before the field.
+        data = handler(self)
+        if self.audio_retention_until is None and isinstance(data, dict):
+            data.pop("audio_retention_until", None)
+        return data
 
 
 class AuditRecord(_AuditFields):

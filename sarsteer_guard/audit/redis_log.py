@@ -8,6 +8,10 @@ Keys (``{prefix}`` is a cluster hash tag, so one Lua script may touch them all):
   whole database, leaves no audit log rather than an empty one
 - ``{prefix}:ids``         record id -> stream id, for :meth:`RedisAuditLog.get` and dedup
 - ``{prefix}:checkpoint``  the checkpoint (``json``, its ``digest``, ``seq``, ``hash``)
+- ``{prefix}:audio``       kept audio beside the chain: record id -> JSON (format, expiry,
+  base64 data), written before its record; ``{prefix}:audio-expiry`` (sorted set, Unix
+  time) finds what :meth:`RedisAuditLog.prune_audio` deletes
+  (see :mod:`sarsteer_guard.audit.audio`)
 
 Redis Lua has no SHA-256, so the client seals the record against the head it knows
 and a Lua script appends only if the head is still that one and the store is still
@@ -20,17 +24,19 @@ client built (and MACed) in the same step, if no other pruner moved it meanwhile
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import threading
-from collections.abc import Iterator
-from datetime import datetime, timedelta
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.commands.core import Script
 
+from sarsteer_guard.audit.audio import KeptAudio, inline_audio, split_audio
 from sarsteer_guard.audit.base import (
     AuditLog,
     AuditStoreMissingError,
@@ -51,7 +57,14 @@ from sarsteer_guard.audit.chain import (
 )
 from sarsteer_guard.audit.checkpoint import Checkpoint, Reason, new_checkpoint
 from sarsteer_guard.audit.keys import AuditKeys
-from sarsteer_guard.audit.record import GENESIS_HASH, AuditDraft, AuditRecord, utcnow
+from sarsteer_guard.audit.record import (
+    GENESIS_HASH,
+    AuditDraft,
+    AuditRecord,
+    format_time,
+    parse_time,
+    utcnow,
+)
 from sarsteer_guard.audit.sqlite_log import KeySource
 from sarsteer_guard.audit.verify import ChainState, VerifyOptions, verify_chain
 from sarsteer_guard.errors import AuditError, StoreUnavailableError
@@ -111,7 +124,10 @@ return {'ok', #gone}
 """
 
 _PAGE = 500
-_OWN_QUERY = {"prefix", "max_len", "max_age_days"}
+_OWN_QUERY = {"prefix", "max_len", "max_age_days", "audio_max_age_days"}
+#: Incremental reads (``after_seq`` close to the head) walk back from the end instead of
+#: scanning the whole stream, when at most this many records are newer.
+_TAIL_LIMIT = 5000
 
 
 def _down(url: str, error: Exception) -> StoreUnavailableError:
@@ -151,6 +167,7 @@ class RedisAuditLog(AuditLog):
         create: True for writers; False for readers, which raise
             :class:`AuditStoreMissingError` when no log exists under ``prefix``.
         keys: checkpoint MAC keys; ``"env"`` reads ``SARSTEER_AUDIT_KEY`` on first use.
+        audio_max_age: how long kept audio stays when a draft does not say.
     """
 
     def __init__(
@@ -160,6 +177,7 @@ class RedisAuditLog(AuditLog):
         prefix: str = "sarsteer:audit",
         max_len: int | None = None,
         max_age: timedelta | None = None,
+        audio_max_age: timedelta | None = None,
         client: redis.Redis | None = None,
         socket_timeout_s: float = 5.0,
         create: bool = True,
@@ -169,10 +187,12 @@ class RedisAuditLog(AuditLog):
         self.prefix = prefix
         self.max_len = max_len
         self.max_age = max_age
+        self.audio_max_age = audio_max_age
         self.socket_timeout_s = socket_timeout_s
         self.create = create
         tag = f"{{{prefix}}}"
         self.keys = [f"{tag}:stream", f"{tag}:head", f"{tag}:ids", f"{tag}:checkpoint"]
+        self.audio_keys = (f"{tag}:audio", f"{tag}:audio-expiry")
         self._key_source = keys
         self._client = client
         self._owns_client = client is None
@@ -193,16 +213,18 @@ class RedisAuditLog(AuditLog):
         try:
             max_len = int(own["max_len"]) if own.get("max_len") else None
             days = float(own["max_age_days"]) if own.get("max_age_days") else None
+            audio_days = float(own["audio_max_age_days"]) if own.get("audio_max_age_days") else None
         except ValueError as error:
             raise AuditError(
                 f"bad audit store URL option ({error}); max_len is an integer, "
-                "max_age_days a number"
+                "max_age_days and audio_max_age_days numbers"
             ) from error
         return cls(
             urlunsplit(parts._replace(query=rest)),
             prefix=own.get("prefix") or "sarsteer:audit",
             max_len=max_len,
             max_age=timedelta(days=days) if days is not None else None,
+            audio_max_age=timedelta(days=audio_days) if audio_days is not None else None,
             create=create,
         )
 
@@ -305,6 +327,9 @@ class RedisAuditLog(AuditLog):
         with self._lock:
             self.open()
             client = self._redis()
+            draft, kept = split_audio(draft, self.audio_max_age)
+            if kept is not None:
+                self._put_audio(kept)
             script = self._script("append")
             store_id = "" if self._marker is None else self._marker.store_id
             if self._head is None:
@@ -374,12 +399,52 @@ class RedisAuditLog(AuditLog):
             start = "(" + rows[-1][0]
 
     def _iter(self, where: RecordFilter) -> Iterator[AuditRecord]:
-        """Scan the stream in pages and filter on the hashed content (reads are rare)."""
+        """Scan the stream in pages and filter on the hashed content (reads are rare).
+
+        With ``after_seq`` near the head (a reader catching up), only the newest entries
+        are read, walking back from the end.
+        """
         self.open()
-        for sid, fields in self._scan():
+        rows: Iterable[tuple[str, dict[str, str]]] = self._scan()
+        if where.after_seq is not None:
+            newer = self._read_head().seq - where.after_seq
+            if newer <= 0:
+                return
+            if newer <= _TAIL_LIMIT:
+                rows = self._tail(where.after_seq, newer)
+        for sid, fields in rows:
             record = parse_record(fields.get("data", ""), where=f"stream id {sid}")
             if where.matches(record):
                 yield record
+
+    def _tail(self, after_seq: int, expected: int) -> list[tuple[str, dict[str, str]]]:
+        """Entries whose stored seq is above ``after_seq``, in stream order (read backwards).
+
+        ``expected`` (how many the head says are newer) sizes the first read, so catching
+        up on a few records transfers a few entries, not a page.
+        """
+        found: list[tuple[str, dict[str, str]]] = []
+        end = "+"
+        count = min(_PAGE, expected + 1)
+        while True:
+            page = cast(
+                list[tuple[str, dict[str, str]]],
+                self._call(
+                    "read records", self._redis().xrevrange, self.keys[0], end, "-", count=count
+                ),
+            )
+            for sid, fields in page:
+                try:
+                    seq = int(fields.get("seq", ""))
+                except ValueError:
+                    seq = after_seq + 1  # unreadable: let the parser report it
+                if seq <= after_seq:
+                    return found[::-1]
+                found.append((sid, fields))
+            if len(page) < count:
+                return found[::-1]
+            end = "(" + page[-1][0]
+            count = _PAGE
 
     def get(self, record_id: str) -> AuditRecord | None:
         """Look the stream id up in the index, then read that one entry."""
@@ -519,6 +584,67 @@ class RedisAuditLog(AuditLog):
             total += removed
             if done or scanned < 5000 or not removed:
                 return total
+
+    # -- kept audio ----------------------------------------------------------------------
+    def _put_audio(self, kept: KeptAudio) -> None:
+        expires = kept.expires or utcnow()
+        value = json.dumps(
+            {
+                "format": kept.format,
+                "expires": format_time(expires),
+                "data": base64.b64encode(kept.data).decode("ascii"),
+            }
+        )
+        pipe = self._redis().pipeline(transaction=True)
+        pipe.hset(self.audio_keys[0], kept.record_id, value)
+        pipe.zadd(self.audio_keys[1], {kept.record_id: expires.timestamp()})
+        self._call("store kept audio", pipe.execute)
+
+    def get_audio(self, record_id: str) -> KeptAudio | None:
+        """The audio kept beside the chain for this record, else audio inline in it."""
+        self.open()
+        raw = self._call("read kept audio", self._redis().hget, self.audio_keys[0], record_id)
+        if raw is not None:
+            try:
+                data = json.loads(raw)
+                return KeptAudio(
+                    record_id,
+                    data["format"],
+                    base64.b64decode(data["data"]),
+                    parse_time(data["expires"]),
+                )
+            except (ValueError, KeyError, TypeError) as error:
+                raise AuditError(
+                    f"the kept audio of record {record_id} is unreadable ({error}); it is "
+                    "outside the chain, so the record itself is unaffected"
+                ) from error
+        record = self.get(record_id)
+        return None if record is None else inline_audio(record)
+
+    def audio_due(self, now: datetime | None = None) -> list[tuple[str, datetime]]:
+        """Kept audio past its retention at ``now``, oldest expiry first."""
+        self.open()
+        limit = (now or utcnow()).timestamp()
+        rows = self._call(
+            "read audio expiries",
+            self._redis().zrangebyscore,
+            self.audio_keys[1],
+            "-inf",
+            limit,
+            withscores=True,
+        )
+        return [(str(rid), datetime.fromtimestamp(float(ts), UTC)) for rid, ts in rows]
+
+    def prune_audio(self, now: datetime | None = None) -> int:
+        """Delete kept audio past its retention (records and the chain stay as they are)."""
+        due = [rid for rid, _ in self.audio_due(now)]
+        for start in range(0, len(due), _PAGE):
+            batch = due[start : start + _PAGE]
+            pipe = self._redis().pipeline(transaction=True)
+            pipe.hdel(self.audio_keys[0], *batch)
+            pipe.zrem(self.audio_keys[1], *batch)
+            self._call("delete expired audio", pipe.execute)
+        return len(due)
 
     def close(self) -> None:
         """Close the connection pool if this log created it; idempotent."""

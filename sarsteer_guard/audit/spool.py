@@ -30,7 +30,8 @@ from pathlib import Path
 from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
-from sarsteer_guard.audit.base import AuditLog, RecordFilter, VerifyReport
+from sarsteer_guard.audit.audio import KeptAudio
+from sarsteer_guard.audit.base import AuditLog, PrunePreview, RecordFilter, VerifyReport
 from sarsteer_guard.audit.record import AuditDraft, AuditRecord, draft_from_json, draft_to_json
 from sarsteer_guard.audit.sqlite_log import connect_wal
 from sarsteer_guard.errors import AuditError, StoreUnavailableError, one_line
@@ -376,6 +377,22 @@ class SpooledAuditLog(AuditLog):
     def prune(self, now: datetime | None = None) -> int:
         """Prune the backend."""
         return self.inner.prune(now)
+
+    def prune_preview(self, now: datetime | None = None) -> PrunePreview:
+        """What pruning the backend would remove."""
+        return self.inner.prune_preview(now)
+
+    def get_audio(self, record_id: str) -> KeptAudio | None:
+        """Kept audio from the backend."""
+        return self.inner.get_audio(record_id)
+
+    def audio_due(self, now: datetime | None = None) -> list[tuple[str, datetime]]:
+        """Kept audio past its retention in the backend."""
+        return self.inner.audio_due(now)
+
+    def prune_audio(self, now: datetime | None = None) -> int:
+        """Delete the backend's expired audio."""
+        return self.inner.prune_audio(now)
 
     def close(self) -> None:
         """Stop the replay thread, close the spool and the backend; idempotent.

@@ -5,6 +5,8 @@ WAL mode lets compliance staff read while the guard writes; every append runs in
 head is read, so appenders in several threads or processes never fork the chain.
 Each thread gets its own connection (sqlite3 connections are not thread-safe).
 
+``audit_audio`` holds kept audio beside the chain (record id, format, expiry, bytes;
+see :mod:`sarsteer_guard.audit.audio`), written in the same transaction as its record.
 ``audit_meta`` holds the store marker (``format``, ``version``, ``store_id``,
 ``created_at``), the head (``head_seq``, ``head_hash``, ``head_expiry``) and the
 checkpoint (``checkpoint``, JSON). A writer creates the file and the marker; a reader
@@ -26,6 +28,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from sarsteer_guard.audit.audio import KeptAudio, inline_audio, split_audio
 from sarsteer_guard.audit.base import (
     AuditLog,
     AuditStoreMissingError,
@@ -47,7 +50,13 @@ from sarsteer_guard.audit.chain import (
 )
 from sarsteer_guard.audit.checkpoint import Checkpoint, new_checkpoint
 from sarsteer_guard.audit.keys import AuditKeys
-from sarsteer_guard.audit.record import GENESIS_HASH, AuditDraft, AuditRecord, utcnow
+from sarsteer_guard.audit.record import (
+    GENESIS_HASH,
+    AuditDraft,
+    AuditRecord,
+    parse_time,
+    utcnow,
+)
 from sarsteer_guard.audit.verify import ChainState, VerifyOptions, storage_failure, verify_chain
 from sarsteer_guard.errors import AuditError, StoreUnavailableError
 
@@ -68,6 +77,13 @@ CREATE INDEX IF NOT EXISTS audit_records_session ON audit_records(session_id);
 CREATE TABLE IF NOT EXISTS audit_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TRIGGER IF NOT EXISTS audit_records_append_only BEFORE UPDATE ON audit_records
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS audit_audio (
+    record_id TEXT PRIMARY KEY,
+    format TEXT NOT NULL,
+    expires TEXT NOT NULL,
+    data BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS audit_audio_expires ON audit_audio(expires);
 """
 
 #: Index columns stored beside ``data``; verify compares each with the hashed content.
@@ -172,6 +188,8 @@ class SqliteAuditLog(AuditLog):
         create: True for writers (the Guard); False for readers (``audit`` commands),
             which raise :class:`AuditStoreMissingError` instead of creating a store.
         keys: checkpoint MAC keys; ``"env"`` reads ``SARSTEER_AUDIT_KEY`` on first use.
+        audio_max_age: how long kept audio stays when a draft does not say
+            (default :data:`~sarsteer_guard.audit.audio.DEFAULT_AUDIO_MAX_AGE`).
     """
 
     def __init__(
@@ -179,12 +197,14 @@ class SqliteAuditLog(AuditLog):
         path: str | Path,
         *,
         max_age: timedelta | None = None,
+        audio_max_age: timedelta | None = None,
         busy_timeout_s: float = 30.0,
         create: bool = True,
         keys: KeySource = "env",
     ) -> None:
         self.path = Path(path).expanduser()
         self.max_age = max_age
+        self.audio_max_age = audio_max_age
         self.busy_timeout_s = busy_timeout_s
         self.create = create
         self._key_source = keys
@@ -343,6 +363,7 @@ class SqliteAuditLog(AuditLog):
                 conn.execute("COMMIT")
                 return self._same_id(parse_record(row[0], where=f"id {draft.id}"), draft.id)
             head = _head(meta) or ChainHead()
+            draft, kept = split_audio(draft, self.audio_max_age)
             record, text, new = seal(draft, head, max_age=self.max_age)
             conn.execute(
                 "INSERT INTO audit_records(seq, id, time, session_id, policy_name, "
@@ -359,6 +380,12 @@ class SqliteAuditLog(AuditLog):
                     text,
                 ),
             )
+            if kept is not None:
+                conn.execute(
+                    "INSERT OR REPLACE INTO audit_audio(record_id, format, expires, data) "
+                    "VALUES (?, ?, ?, ?)",
+                    (kept.record_id, kept.format, time_key(kept.expires or record.time), kept.data),
+                )
             _set_meta(
                 conn, {"head_seq": str(new.seq), "head_hash": new.hash, "head_expiry": new.expiry}
             )
@@ -466,9 +493,15 @@ class SqliteAuditLog(AuditLog):
             conn.execute("BEGIN")
             options = VerifyOptions(keys=self.mac_keys(), anchor=anchor)
             report = verify_chain(self._entries(conn), self._state(conn), options)
-            conn.execute("COMMIT")
         except sqlite3.Error as error:
             raise self._fail(conn, error, "verify the chain") from error
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError:
+            # A read-only transaction over damaged pages may fail to end; the report
+            # already names where the storage failed, so end it and keep the report.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
         return report
 
     def prune(self, now: datetime | None = None) -> int:
@@ -518,6 +551,54 @@ class SqliteAuditLog(AuditLog):
                 conn.execute("ROLLBACK")
             raise
         return count
+
+    # -- kept audio ----------------------------------------------------------------------
+    def _audio_rows(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        """Rows of ``audit_audio``; none in stores older than the table (readers create nothing)."""
+        conn = self._conn()
+        try:
+            return conn.execute(sql, params).fetchall()
+        except sqlite3.OperationalError as error:
+            if "no such table" in str(error):
+                return []
+            raise self._fail(conn, error, "read kept audio") from error
+        except sqlite3.Error as error:
+            raise self._fail(conn, error, "read kept audio") from error
+
+    def get_audio(self, record_id: str) -> KeptAudio | None:
+        """The audio kept beside the chain for this record, else audio inline in it."""
+        rows = self._audio_rows(
+            "SELECT format, expires, data FROM audit_audio WHERE record_id = ?", (record_id,)
+        )
+        if rows:
+            fmt, expires, data = rows[0]
+            return KeptAudio(record_id, fmt, bytes(data), parse_time(expires))
+        record = self.get(record_id)
+        return None if record is None else inline_audio(record)
+
+    def audio_due(self, now: datetime | None = None) -> list[tuple[str, datetime]]:
+        """Kept audio past its retention at ``now``, oldest expiry first."""
+        rows = self._audio_rows(
+            "SELECT record_id, expires FROM audit_audio WHERE expires <= ? ORDER BY expires",
+            (time_key(now or utcnow()),),
+        )
+        return [(str(rid), parse_time(expires)) for rid, expires in rows]
+
+    def prune_audio(self, now: datetime | None = None) -> int:
+        """Delete kept audio past its retention (records and the chain stay as they are)."""
+        conn = self._conn()
+        with self._write_lock:
+            try:
+                cursor = conn.execute(
+                    "DELETE FROM audit_audio WHERE expires <= ?", (time_key(now or utcnow()),)
+                )
+            except sqlite3.OperationalError as error:
+                if "no such table" in str(error):
+                    return 0
+                raise self._fail(conn, error, "delete expired audio") from error
+            except sqlite3.Error as error:
+                raise self._fail(conn, error, "delete expired audio") from error
+        return int(cursor.rowcount)
 
     def close(self) -> None:
         """Close every thread's connection; idempotent."""

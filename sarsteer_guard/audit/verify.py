@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from sarsteer_guard.audit.chain import ChainHead, StoreMarker
 from sarsteer_guard.audit.checkpoint import Checkpoint
@@ -193,7 +193,13 @@ def _columns_problem(entry: StoredEntry, data: Mapping[str, Any]) -> str | None:
 class _Walk:
     """State of one pass over the stored records (see :func:`verify_chain`)."""
 
-    def __init__(self, checkpoint: Checkpoint | None, anchor_seq: int | None) -> None:
+    def __init__(
+        self,
+        checkpoint: Checkpoint | None,
+        anchor_seq: int | None,
+        model: type[BaseModel] = AuditRecord,
+    ) -> None:
+        self.model = model
         self.cp_seq = 0 if checkpoint is None else checkpoint.seq
         self.expected = self.cp_seq + 1
         self.prev_hash = GENESIS_HASH if checkpoint is None else checkpoint.hash
@@ -242,7 +248,7 @@ class _Walk:
             )
             return self.brk(seq - 1, self.prev_id, "edited", detail)
         try:  # only whether it validates matters here: no need to repair its text first
-            AuditRecord.model_validate(data, context={SEALED_CONTEXT: True})
+            self.model.model_validate(data, context={SEALED_CONTEXT: True})
         except ValidationError as error:
             first = error.errors()[0]
             where = ".".join(str(p) for p in first["loc"]) or "record"
@@ -402,10 +408,13 @@ def _anchor_problem(anchor: tuple[int, str], walk: _Walk, cp: Checkpoint | None)
 
 
 def _walk(
-    entries: Iterable[StoredEntry], state: ChainState, options: VerifyOptions
+    entries: Iterable[StoredEntry],
+    state: ChainState,
+    options: VerifyOptions,
+    model: type[BaseModel],
 ) -> tuple[_Walk, ChainBreak | None]:
     """Walk every entry, then compare the end with the head."""
-    walk = _Walk(state.checkpoint, None if options.anchor is None else options.anchor[0])
+    walk = _Walk(state.checkpoint, None if options.anchor is None else options.anchor[0], model)
     it = iter(entries)
     for entry in it:
         brk = walk.step(entry, it)
@@ -415,12 +424,18 @@ def _walk(
 
 
 def verify_chain(
-    entries: Iterable[StoredEntry], state: ChainState, options: VerifyOptions | None = None
+    entries: Iterable[StoredEntry],
+    state: ChainState,
+    options: VerifyOptions | None = None,
+    *,
+    model: type[BaseModel] = AuditRecord,
 ) -> VerifyReport:
     """Verify ``entries`` (storage order) against the backend's ``state``.
 
     Never raises for damaged data: every problem becomes the report's ``first_break``
     (a checkpoint problem, being about lower seqs, wins over a later record's).
+    ``model`` is what each hashed entry must validate as: audit records, or the
+    entries of a review stream (:mod:`sarsteer_guard.audit.review`).
     """
     options = options or VerifyOptions()
     if state.damage is not None:
@@ -429,7 +444,7 @@ def verify_chain(
         )
         return VerifyReport(False, 0, 0, 0, damaged)
     cp = state.checkpoint
-    walk, brk = _walk(entries, state, options)
+    walk, brk = _walk(entries, state, options, model)
     notes: list[str] = []
     if cp is not None and (brk is None or walk.first is not None):
         cp_brk, note = _checkpoint_problem(cp, walk, state, options)

@@ -238,14 +238,13 @@ def _show(record: AuditRecord, out: TextIO) -> None:
         for key, value in values.items():
             lines.append((f"{prefix}.{key}", "-" if value is None else str(value)))
     kept = record.audio_bytes()
-    lines.append(
-        (
-            "audio",
-            "not kept"
-            if audio is None
-            else f"kept, {len(kept or b'')} bytes {record.audio_format}",
-        )
-    )
+    if audio is not None:
+        audio_line = f"kept inline, {len(kept or b'')} bytes {record.audio_format}"
+    elif record.audio_format:
+        audio_line = f"kept beside the chain ({record.audio_format}; --audio-out FILE writes it)"
+    else:
+        audio_line = "not kept"
+    lines.append(("audio", audio_line))
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
         out.write(f"{key.ljust(width)}  {value}\n")
@@ -257,11 +256,40 @@ def _show(record: AuditRecord, out: TextIO) -> None:
 def _cmd_show(args: argparse.Namespace) -> int:
     with open_audit_log(args.audit) as log:
         record = _find(log, args.id)
+        if args.audio_out is not None:
+            _write_audio(log, record, args.audio_out)
     if args.json:
         export_jsonl([record], sys.stdout)
     else:
         _show(record, sys.stdout)
     return 0
+
+
+def _write_audio(log: AuditLog, record: AuditRecord, path: Path) -> None:
+    """Write the record's kept audio to ``path``; say whether it matches the hashed digest."""
+    from sarsteer_guard.audit.audio import audio_matches_record
+
+    audio = log.get_audio(record.id)
+    if audio is None:
+        why = (
+            "was deleted at its retention"
+            if record.audio_format
+            else "was not kept (the policy's audit.keep_audio is off)"
+        )
+        raise AuditError(f"record {record.id} has no audio: it {why}")
+    try:
+        path.write_bytes(audio.data)
+    except OSError as error:
+        raise AuditError(
+            f"cannot write {path} ({error.strerror}); choose another --audio-out"
+        ) from error
+    match = "matches" if audio_matches_record(audio, record) else "does NOT match"
+    until = "" if audio.expires is None else f", kept until {audio.expires:%Y-%m-%d %H:%M} UTC"
+    print(
+        f"wrote {path}: {len(audio.data)} bytes {audio.format}{until}; its samples {match} "
+        "the record's hashed audio_sha256",
+        file=sys.stderr,
+    )
 
 
 @contextmanager
@@ -280,13 +308,34 @@ def _output(path: str | None) -> Iterator[TextIO]:
         yield handle
 
 
+def _dsa_writer(args: argparse.Namespace) -> Callable[[Any, TextIO], int]:
+    from sarsteer_guard.audit.dsa import DsaSettings, export_dsa
+
+    rules: dict[str, str] = {}
+    for item in args.dsa_rule_category or ():
+        rule, sep, category = item.partition("=")
+        if not sep or not rule or not category:
+            raise AuditError(f"--dsa-rule-category {item!r} is not RULE=CATEGORY")
+        rules[rule] = category
+    settings = DsaSettings(
+        category=args.dsa_category,
+        rule_categories=rules,
+        territorial_scope=tuple(args.dsa_territory or ()),
+    )
+    return lambda records, out: export_dsa(records, out, settings)
+
+
 @_quiet_pipe
 def _cmd_export(args: argparse.Namespace) -> int:
-    writer = {"jsonl": export_jsonl, "csv": export_csv, "sor": export_sor}[args.format]
+    writer: Callable[[Any, TextIO], Any]
+    if args.format == "dsa":
+        writer = _dsa_writer(args)  # settings checked before the store is read
+    else:
+        writer = {"jsonl": export_jsonl, "csv": export_csv, "sor": export_sor}[args.format]
     counts = _counts()
     with open_audit_log(args.audit) as log, _output(args.out) as out:
         count = writer(counts.counted(_iter(log, args)), out)
-    noun = "statements of reasons" if args.format == "sor" else "records"
+    noun = "statements of reasons" if args.format in ("sor", "dsa") else "records"
     where = f" to {args.out}" if args.out else ""
     print(
         f"exported {count} {noun}{where} (of {counts.records} records: {counts})", file=sys.stderr
@@ -377,6 +426,10 @@ def _parse_anchor(text: str) -> tuple[int, str]:
 def _cmd_prune(args: argparse.Namespace) -> int:
     from sarsteer_guard.audit import KEY_ENV, AuditKeys
 
+    if args.dry_run:  # also with --audio: a dry run never deletes
+        return _prune_dry_run(args)
+    if args.audio:
+        return _prune_audio(args)
     keys = AuditKeys.from_env()  # before deleting anything: a bad key is a one-line error
     with open_audit_log(args.audit) as log:
         count = log.prune(args.now)
@@ -391,6 +444,43 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             else f" (checkpoint not MACed: {KEY_ENV} is not set)"
         )
     print(f"pruned {count} expired records{how}")
+    return 0
+
+
+def _prune_dry_run(args: argparse.Namespace) -> int:
+    with open_audit_log(args.audit) as log:
+        preview = log.prune_preview(args.now)
+        audio = log.audio_due(args.now)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "would_prune": preview.count,
+                    "first_seq": preview.first_seq,
+                    "last_seq": preview.last_seq,
+                    "audio_due": len(audio),
+                }
+            )
+        )
+        return 0
+    if preview.count:
+        print(
+            f"would prune {preview.count} records (seq {preview.first_seq}..{preview.last_seq}, "
+            f"{preview.oldest:%Y-%m-%d} to {preview.newest:%Y-%m-%d} UTC)"
+        )
+    else:
+        print("would prune no records: none is past its retention")
+    print(f"{len(audio)} kept audio clips are past their own retention (prune them with --audio)")
+    return 0
+
+
+def _prune_audio(args: argparse.Namespace) -> int:
+    with open_audit_log(args.audit) as log:
+        count = log.prune_audio(args.now)
+    if args.json:
+        print(json.dumps({"audio_pruned": count}))
+    else:
+        print(f"deleted {count} kept audio clips past their retention (the chain is unchanged)")
     return 0
 
 
@@ -492,6 +582,15 @@ def register(subparsers: Any) -> None:
     sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     _add_readers(sub, store, filters)
     _add_checkers(sub, store, filters)
+    from sarsteer_guard.cli.audit_console import add_serve
+
+    add_serve(
+        sub,
+        store,
+        _parser_kwargs(
+            "review console: refused turns in a web page with search, audio, labels and exports"
+        ),
+    )
 
 
 def _add_readers(
@@ -508,16 +607,41 @@ def _add_readers(
     p = sub.add_parser("show", parents=[store], **_parser_kwargs("show every field of one record"))
     p.add_argument("id", help="record id (or a unique prefix of at least 6 characters)")
     p.add_argument("--json", action="store_true", help="the stored JSON form, one line")
+    p.add_argument(
+        "--audio-out",
+        type=Path,
+        metavar="FILE",
+        help="also write the turn's kept audio (FLAC) to FILE, checked against its hash",
+    )
     p.set_defaults(func=_cmd_show)
 
     p = sub.add_parser("export", parents=[store, filters], **_parser_kwargs("export records"))
     p.add_argument(
         "--format",
-        choices=("jsonl", "csv", "sor"),
+        choices=("jsonl", "csv", "sor", "dsa"),
         default="jsonl",
-        help="jsonl (lossless), csv (flat), sor (statements of reasons, DSA Art. 17)",
+        help="jsonl (lossless), csv (flat), sor (statements of reasons with chain facts), "
+        "dsa (EU DSA Transparency Database batches of <= 100, checked against its rules)",
     )
     p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    p.add_argument(
+        "--dsa-category",
+        default="STATEMENT_CATEGORY_OTHER_VIOLATION_TC",
+        metavar="CATEGORY",
+        help="dsa: statement category of refusals",
+    )
+    p.add_argument(
+        "--dsa-rule-category",
+        action="append",
+        metavar="RULE=CATEGORY",
+        help="dsa: category for one policy rule (repeat)",
+    )
+    p.add_argument(
+        "--dsa-territory",
+        action="append",
+        metavar="CC",
+        help="dsa: EU/EEA country code of the territorial scope (repeat)",
+    )
     p.set_defaults(func=_cmd_export)
 
 
@@ -558,5 +682,13 @@ def _add_checkers(
         ),
     )
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    p.add_argument(
+        "--dry-run", action="store_true", help="show what would be removed; remove nothing"
+    )
+    p.add_argument(
+        "--audio",
+        action="store_true",
+        help="delete only kept audio past its own (shorter) retention; records stay",
+    )
     p.add_argument("--now", type=_when, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_prune)

@@ -52,6 +52,8 @@ ContextValue = Annotated[
 
 #: Six months: the EU AI Act (Art. 26(6)) minimum for deployers' logs.
 MIN_RECOMMENDED_RETENTION_DAYS = 183
+#: Kept audio is personal data needed only for review: a month by default.
+DEFAULT_AUDIO_RETENTION_DAYS = 30
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
@@ -240,6 +242,13 @@ class Audit(Section):
         le=36500,
         description="Days records are kept; the EU AI Act asks deployers for at least 183.",
     )
+    audio_retention_days: int = Field(
+        DEFAULT_AUDIO_RETENTION_DAYS,
+        ge=1,
+        le=36500,
+        description="Days kept audio stays (stored beside the record, deleted sooner; never "
+        "longer than retention_days). The record keeps the audio's hash either way.",
+    )
     hash_fields: tuple[Text, ...] = Field(
         (), description="Context keys stored only as a salted hash (e.g. user_id)."
     )
@@ -264,6 +273,7 @@ class AuditOverride(Section):
     record: Record | None = None
     keep_audio: bool | None = None
     retention_days: int | None = Field(None, ge=1, le=36500)
+    audio_retention_days: int | None = Field(None, ge=1, le=36500)
     hash_fields: tuple[Text, ...] | None = None
     drop_fields: tuple[Text, ...] | None = None
 
