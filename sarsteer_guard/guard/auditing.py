@@ -153,6 +153,9 @@ def build_audit_draft(
         audio_sha256=audio_sha256(pcm),
         audio=kept_audio,
         audio_format="flac" if kept_audio is not None else None,
+        audio_retention_until=None
+        if kept_audio is None
+        else now + timedelta(days=settings.audio_retention_days),
         flags=tuple(flags),
         retention_until=now + timedelta(days=settings.retention_days),
     )
