@@ -3,7 +3,9 @@
 Speed and the telephone channel run through the ``sox`` binary (audio on stdin/stdout, no
 temporary files). Noise is added here with a seeded NumPy generator rather than sox's
 ``synth noise``, whose generator cannot be seeded per clip: the same seed must give the same
-bytes. Invariant: output is float32 mono at the input's rate, peak-limited to [-1, 1].
+bytes. sox runs with ``-R -D`` (repeatable, no dither): by default it dithers with a fresh
+random seed, so re-runs differed. Invariant: output is float32 mono at the input's rate,
+peak-limited to [-1, 1].
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ def _sox(audio: FloatArray, rate: int, effects: list[str], out_args: list[str]) 
         raise AudioError("sox not found on PATH; install it (apt-get install sox)")
     buf = io.BytesIO()
     sf.write(buf, audio, rate, format="WAV", subtype="FLOAT")
-    cmd = [exe, "-q", "-t", "wav", "-", *out_args, "-t", "wav", "-", *effects]
+    cmd = [exe, "-q", "-R", "-D", "-t", "wav", "-", *out_args, "-t", "wav", "-", *effects]
     try:
         done = subprocess.run(  # noqa: S603 - argv list, no shell
             cmd, input=buf.getvalue(), capture_output=True, check=True, timeout=60
