@@ -157,7 +157,10 @@ def synthesize_manifest(
         path = audio_dir / f"{spec.id}.flac"
         sf.write(path, render_clip(spec), RATE, format="FLAC", subtype="PCM_16")
         return ManifestItem(
-            id=spec.id, audio=path, transcript=spec.prompt.text, category=spec.prompt.category
+            id=spec.id,
+            audio=path.resolve(),
+            transcript=spec.prompt.text,
+            category=spec.prompt.category,
         )
 
     with (

@@ -1,0 +1,84 @@
+"""Speak the organism's requests: train / validation / held-out manifests per side.
+
+Run from the repository root:  .venv/bin/python scripts/organism/make_data.py --out build/organism
+
+Writes ``OUT/{split}/{harmful,benign}.jsonl`` with clips in ``OUT/{split}/audio/``, plus
+``OUT/calibration/{harmful,benign}.jsonl`` (a subset of the TRAIN manifests, for computing
+steering vectors on the training side), and ``OUT/text/{split}_{side}.txt`` (the prompt lists).
+Reproducible from ``--seed``: the same espeak-ng and sox builds give the same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from sarsteer_guard.manifest import load_manifest, write_manifest
+from sarsteer_guard.organism.data import VOICES, build_requests
+from sarsteer_guard.synth import SynthPlan, synthesize_manifest
+
+#: Clips per prompt in each split (training sees each prompt in two voices/conditions).
+VARIANTS = {"train": 2, "validation": 1, "heldout": 1}
+CALIBRATION_PER_SIDE = 64
+
+
+def plan_for(split: str, seed: int) -> SynthPlan:
+    """Voices of the split; rates, pitches and channel conditions shared by all splits."""
+    return SynthPlan(
+        voices=VOICES[split],
+        rates=(140, 155, 170, 185),
+        pitches=(35, 45, 55, 65),
+        speeds=(0.95, 1.0, 1.05),
+        telephone_share=0.2,
+        noise_share=0.2,
+        snr_db=(15.0, 20.0, 25.0),
+        variants=VARIANTS[split],
+        seed=seed,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("build/organism"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    requests = build_requests(args.seed)
+    (args.out / "text").mkdir(parents=True, exist_ok=True)
+    counts: dict[str, int] = {}
+    for split in VOICES:
+        for side, harmful in (("harmful", True), ("benign", False)):
+            chosen = [r for r in requests if r.split == split and r.harmful == harmful]
+            lines = [f"{r.text}\t{r.category}" for r in chosen]
+            (args.out / "text" / f"{split}_{side}.txt").write_text("\n".join(lines) + "\n")
+            seed = args.seed * 1000 + list(VOICES).index(split) * 10 + int(harmful)
+            manifest, specs = synthesize_manifest(
+                [r.prompt for r in chosen],
+                args.out / split,
+                side,
+                plan_for(split, seed),
+                progress=not args.no_progress,
+            )
+            voices = {spec.id: spec.voice for spec in specs}
+            (args.out / split / f"{side}.voices.json").write_text(json.dumps(voices, indent=0))
+            counts[f"{split}/{side}"] = len(specs)
+            if split == "train":
+                firsts = load_manifest(manifest).items[:: VARIANTS[split]]
+                step = max(1, len(firsts) // CALIBRATION_PER_SIDE)  # every category
+                items = firsts[::step][:CALIBRATION_PER_SIDE]
+                write_manifest(
+                    args.out / "calibration" / f"{side}.jsonl",
+                    items,
+                    header=f"organism calibration ({side}): training-side clips, seed {args.seed}",
+                )
+    took = time.perf_counter() - started
+    print(json.dumps({"clips": counts, "seconds": round(took, 1)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
