@@ -41,6 +41,7 @@ def plan_for(split: str, seed: int) -> SynthPlan:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Generate every split; print clip counts and seconds as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("build/organism"))
     parser.add_argument("--seed", type=int, default=0)
