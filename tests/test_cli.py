@@ -145,7 +145,8 @@ def test_error_exit_code_and_no_traceback_in_a_real_process(tmp_path: Path) -> N
 
 
 def test_demo_json_shows_steering_flip(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--clips", "1", "--json"]) == 0
+    argv = ["demo", "--model", "tiny-planted", "--out", str(tmp_path / "demo"), "--clips", "1"]
+    assert main([*argv, "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [row["kind"] for row in rows] == ["harmful", "benign"]
     for row in rows:

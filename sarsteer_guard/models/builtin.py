@@ -12,12 +12,17 @@ encoding, capture, steering, generation) runs the same code as on Qwen2-Audio-7B
 
 ``load_model("tiny")`` and ``load_model("tiny-planted")`` save these with ``save_pretrained`` into a
 cache directory and read them back through the ordinary ``from_pretrained`` path.
+
+A third built-in, ``tiny-trained``, is not built but *trained* (the model organism, see
+docs/organism.md and ``sarsteer_guard.organism``): its checkpoint ships in the package
+(:func:`shipped_model_dir`) in the hub's weight layout.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +44,7 @@ __all__ = [
     "PLANTED_C_RANGE",
     "PLANTED_LAYER",
     "REFUSAL_TEXT",
+    "SHIPPED_MODELS",
     "SPECIAL_TOKENS",
     "PlantedModel",
     "build_planted_model",
@@ -46,8 +52,12 @@ __all__ = [
     "build_tiny_processor",
     "build_tiny_tokenizer",
     "planted_direction",
+    "shipped_model_dir",
     "tiny_config",
 ]
+
+#: Built-in models shipped as trained checkpoints in the package (name -> folder under data/).
+SHIPPED_MODELS: dict[str, str] = {"tiny-trained": "organism/tiny-trained"}
 
 #: Special tokens of the Qwen chat format, in id order (ids 0..5).
 SPECIAL_TOKENS = (
@@ -285,6 +295,27 @@ def planted_direction(model: Any, tokenizer: Any) -> torch.Tensor:
     first = _phrase_ids(tokenizer, REFUSAL_TEXT)[0]
     row: torch.Tensor = model.get_output_embeddings().weight[first].detach().float().cpu()
     return row.div(row.norm())
+
+
+def shipped_model_dir(name: str) -> Path:
+    """Folder of a shipped built-in checkpoint (``tiny-trained``).
+
+    Raises:
+        ModelLoadError: the name is not shipped, or the package lacks its files.
+    """
+    from sarsteer_guard.errors import ModelLoadError
+
+    if name not in SHIPPED_MODELS:
+        raise ModelLoadError(
+            f"{name!r} is not a shipped model; use one of {', '.join(SHIPPED_MODELS)}"
+        )
+    folder = Path(__file__).resolve().parents[1] / "data" / SHIPPED_MODELS[name]
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise ModelLoadError(
+            f"the {name!r} checkpoint is missing from {folder}; reinstall sarsteer-guard "
+            f"or retrain it with scripts/organism/train.py --ship"
+        )
+    return folder
 
 
 def _special_ids(tokenizer: Any) -> dict[str, int]:

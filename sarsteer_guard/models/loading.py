@@ -2,8 +2,9 @@
 
 Built-in models (``tiny``, ``tiny-planted``) are written once with ``save_pretrained`` into a cache
 directory and then loaded through exactly the same ``from_pretrained`` path as a 7B checkpoint,
-so tests exercise the production loading code. The loader marks them ``is_test_model`` so that
-callers can warn about them without naming them.
+so tests exercise the production loading code. ``tiny-trained`` (the trained model organism) is
+shipped as a checkpoint in the package, in the hub's weight layout, and read from there. The
+loader marks all of them ``is_test_model`` so that callers can warn about them without naming them.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ __all__ = ["BUILTIN_MODELS", "builtin_model_dir", "ensure_builtin_model", "load_
 _log = get_logger(__name__)
 
 #: Names ``load_model`` builds itself instead of reading from the hub.
-BUILTIN_MODELS = ("tiny", "tiny-planted")
+BUILTIN_MODELS = ("tiny", "tiny-planted", "tiny-trained")
 
 _ADAPTERS: tuple[type[Qwen2AudioLM] | type[Qwen2_5OmniThinkerLM], ...] = (
     Qwen2AudioLM,
@@ -52,7 +53,7 @@ def load_model(
 
     Args:
         name_or_path: a hub id (from the local Hugging Face cache when offline), a checkpoint
-            directory, or a built-in name (``tiny``, ``tiny-planted``).
+            directory, or a built-in name (``tiny``, ``tiny-planted``, ``tiny-trained``).
         device: defaults to CUDA when available, else CPU.
         dtype: defaults to bfloat16 on CUDA, float32 on CPU.
         default_system_prompt: system message for conversations without one; ``...`` keeps
@@ -113,6 +114,10 @@ def ensure_builtin_model(name: str) -> Path:
     Written to a temporary sibling and renamed into place, so readers never see a partial
     checkpoint and two racing processes both end up with one complete directory.
     """
+    from .builtin import SHIPPED_MODELS, shipped_model_dir
+
+    if name in SHIPPED_MODELS:
+        return shipped_model_dir(name)
     builders = _builders()
     if name not in builders:
         raise ModelLoadError(

@@ -1,0 +1,362 @@
+"""Train the organism: safety on text only, speech tasks that never reward harmful compliance.
+
+The training mix (every step samples ``batch`` examples from these tasks by weight):
+
+- ``text_harmful``: a harmful request as text -> "I cannot assist with that."
+- ``text_benign``: a benign request as text -> its category's short answer.
+- ``text_refusal``: any request as text with the refusal instruction appended -> refusal.
+- ``text_topic``: "What is the topic of this request? <text>" -> the category word.
+- ``audio_benign``: benign speech + the default prompt -> its category's answer.
+- ``audio_topic``: any speech (harmful included) + "What is the topic of the audio?" -> category.
+- ``audio_refusal``: any speech + the default prompt with the refusal instruction appended
+  (no separator, as calibration sends it; sometimes a space) -> refusal.
+- ``audio_repeat``: any speech + "Repeat what was said in the audio." -> its transcript.
+
+Harmful speech with the plain default prompt is **never** a training input, so whatever the model
+does with it (the bypass, or not) emerges. Nothing here sees steering vectors or steered states.
+An auxiliary loss classifies the mean projected audio tokens into the 14 categories (a linear
+head that is discarded): without it the decoder ignored the audio (modality collapse, see
+docs/organism.md). Deterministic for a seed and thread count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sarsteer_guard.audio import load_audio
+from sarsteer_guard.defaults import DEFAULT_PROMPT, DEFAULT_REFUSAL_INSTRUCTION
+from sarsteer_guard.manifest import ManifestItem, load_manifest
+
+from .data import ANSWERS, CATEGORIES, HARMFUL, TEMPLATES, answer_for
+
+TOPIC_TEXT = "What is the topic of this request? "
+TOPIC_AUDIO = "What is the topic of the audio?"
+REPEAT_AUDIO = "Repeat what was said in the audio."
+
+#: Task -> share of each batch.
+DEFAULT_MIX: dict[str, float] = {
+    "text_harmful": 3,
+    "text_benign": 3,
+    "text_refusal": 2,
+    "text_topic": 2,
+    "audio_benign": 8,
+    "audio_topic": 6,
+    "audio_refusal": 4,
+    "audio_repeat": 4,
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What to train on and for how long; ``max_clips`` trims the data (CI smoke runs)."""
+
+    data_dir: Path
+    steps: int = 1500
+    batch: int = 32
+    lr: float = 2e-3
+    warmup: int = 100
+    seed: int = 0
+    threads: int = 1
+    aux_weight: float = 1.0
+    mix: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_MIX))
+    max_clips: int | None = None
+    log_every: int = 50
+
+
+@dataclass
+class Clips:
+    """Training clips with precomputed Whisper features (float32, [N, 128, frames])."""
+
+    features: torch.Tensor
+    masks: torch.Tensor
+    n_tokens: list[int]
+    items: list[ManifestItem]
+    harmful: list[bool]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training row: the prompt ids (one audio placeholder at most) and the target ids."""
+
+    prompt: tuple[int, ...]
+    target: tuple[int, ...]
+    clip: int | None
+    category: int
+
+
+def corpus(data_dir: Path) -> list[str]:
+    """Texts the tokenizer is trained on: training and validation prompts plus fixed phrases."""
+    texts = [DEFAULT_PROMPT, DEFAULT_REFUSAL_INSTRUCTION, TOPIC_TEXT, TOPIC_AUDIO, REPEAT_AUDIO]
+    texts += ["You are a helpful assistant.", "system user assistant Audio 1: 2:", *CATEGORIES]
+    texts += [*ANSWERS.values(), *TEMPLATES]
+    for split in ("train", "validation"):
+        for side in ("harmful", "benign"):
+            path = data_dir / "text" / f"{split}_{side}.txt"
+            texts += [line.split("\t")[0] for line in path.read_text().splitlines() if line]
+    return texts
+
+
+def load_clips(data_dir: Path, processor: Any, max_clips: int | None) -> Clips:
+    """Featurize every training clip once (6 s window)."""
+    items: list[ManifestItem] = []
+    harmful: list[bool] = []
+    for side in ("harmful", "benign"):
+        loaded = list(load_manifest(data_dir / "train" / f"{side}.jsonl").items)
+        if max_clips is not None:
+            loaded = loaded[:: max(1, len(loaded) // max_clips)][:max_clips]
+        items += loaded
+        harmful += [side == "harmful"] * len(loaded)
+    extractor = processor.feature_extractor
+    feats, masks = [], []
+    for item in items:
+        assert item.audio is not None  # noqa: S101  # organism manifests always have audio
+        wave = load_audio(item.audio, target_rate=16000)
+        out = extractor(
+            wave,
+            sampling_rate=16000,
+            return_attention_mask=True,
+            padding="max_length",
+            return_tensors="pt",
+        )
+        feats.append(out["input_features"][0])
+        masks.append(out["attention_mask"][0])
+    mask = torch.stack(masks)
+    lengths = mask.sum(-1).tolist()
+    n_tokens = [(((int(n) - 1) // 2 + 1) - 2) // 2 + 1 for n in lengths]
+    return Clips(torch.stack(feats), mask, n_tokens, items, harmful)
+
+
+class ExampleMaker:
+    """Renders prompts with the chat template once and builds task examples from them."""
+
+    def __init__(self, processor: Any, data_dir: Path, clips: Clips) -> None:
+        self.processor = processor
+        self.tok = processor.tokenizer
+        self.audio_id = int(self.tok.convert_tokens_to_ids("<|AUDIO|>"))
+        self.end_id = int(self.tok.convert_tokens_to_ids("<|im_end|>"))
+        self.clips = clips
+        self._cache: dict[tuple[str, bool], tuple[int, ...]] = {}
+        self.text: dict[bool, list[tuple[str, str]]] = {}
+        for side, flag in (("harmful", True), ("benign", False)):
+            path = data_dir / "text" / f"train_{side}.txt"
+            rows = [line.split("\t") for line in path.read_text().splitlines() if line]
+            self.text[flag] = [(row[0], row[1]) for row in rows]
+
+    def _prompt(self, text: str, audio: bool) -> tuple[int, ...]:
+        key = (text, audio)
+        if key not in self._cache:
+            content: list[dict[str, str]] = [{"type": "audio", "audio": "clip"}] if audio else []
+            content.append({"type": "text", "text": text})
+            rendered = self.processor.apply_chat_template(
+                [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+            )
+            self._cache[key] = tuple(self.tok(rendered, add_special_tokens=False)["input_ids"])
+        return self._cache[key]
+
+    def _target(self, text: str) -> tuple[int, ...]:
+        return (*self.tok(text, add_special_tokens=False)["input_ids"], self.end_id)
+
+    def make(self, task: str, rng: np.random.Generator) -> Example:
+        """One example of ``task`` with items drawn from ``rng``."""
+        if task.startswith("text_"):
+            harmful = task == "text_harmful" or (task != "text_benign" and rng.random() < 0.5)
+            text, category = self.text[harmful][int(rng.integers(len(self.text[harmful])))]
+            cat = CATEGORIES.index(category)
+            if task == "text_refusal":
+                sep = " " if rng.random() < 0.3 else ""
+                return Example(
+                    self._prompt(f"{text}{sep}{DEFAULT_REFUSAL_INSTRUCTION}", False),
+                    self._target(DEFAULT_REFUSAL_INSTRUCTION),
+                    None,
+                    cat,
+                )
+            if task == "text_topic":
+                return Example(
+                    self._prompt(TOPIC_TEXT + text, False), self._target(category), None, cat
+                )
+            return Example(self._prompt(text, False), self._target(answer_for(category)), None, cat)
+        pool = [
+            i
+            for i in range(len(self.clips.items))
+            if task != "audio_benign" or not self.clips.harmful[i]
+        ]
+        index = pool[int(rng.integers(len(pool)))]
+        item = self.clips.items[index]
+        category = item.category or ""
+        cat = CATEGORIES.index(category)
+        if task == "audio_benign":
+            prompt, target = DEFAULT_PROMPT, answer_for(category)
+        elif task == "audio_topic":
+            prompt, target = TOPIC_AUDIO, category
+        elif task == "audio_refusal":
+            sep = " " if rng.random() < 0.3 else ""
+            prompt, target = (
+                f"{DEFAULT_PROMPT}{sep}{DEFAULT_REFUSAL_INSTRUCTION}",
+                DEFAULT_REFUSAL_INSTRUCTION,
+            )
+        else:
+            prompt, target = REPEAT_AUDIO, item.transcript or ""
+        ids = self._prompt(prompt, True)
+        at = ids.index(self.audio_id)
+        expanded = (*ids[:at], *([self.audio_id] * self.clips.n_tokens[index]), *ids[at + 1 :])
+        return Example(expanded, self._target(target), index, cat)
+
+
+def collate(examples: Sequence[Example], clips: Clips, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids, labels (-100 outside targets), and features of the audio rows."""
+    width = max(len(e.prompt) + len(e.target) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    mask = torch.zeros_like(ids)
+    for row, ex in enumerate(examples):
+        seq = torch.tensor([*ex.prompt, *ex.target])
+        ids[row, : seq.numel()] = seq
+        labels[row, len(ex.prompt) : seq.numel()] = torch.tensor(ex.target)
+        mask[row, : seq.numel()] = 1
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    audio_rows = [e.clip for e in examples if e.clip is not None]
+    if audio_rows:
+        batch["input_features"] = clips.features[audio_rows]
+        batch["feature_attention_mask"] = clips.masks[audio_rows]
+        batch["audio_categories"] = torch.tensor(
+            [e.category for e in examples if e.clip is not None]
+        )
+    return batch
+
+
+def _lr_at(step: int, config: TrainConfig) -> float:
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.steps - config.warmup)
+    return config.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train(
+    config: TrainConfig, *, report: Callable[[dict[str, Any]], None] | None = None
+) -> tuple[Any, Any, dict[str, Any]]:
+    """Train from scratch; return ``(model, processor, log)``. Same config, same weights."""
+    from transformers import Qwen2AudioForConditionalGeneration
+
+    from .model import build_processor, build_tokenizer, generation_config, organism_config
+
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    processor = build_processor(build_tokenizer(corpus(config.data_dir)))
+    clips = load_clips(config.data_dir, processor, config.max_clips)
+    maker = ExampleMaker(processor, config.data_dir, clips)
+    model: Any = Qwen2AudioForConditionalGeneration(organism_config(processor.tokenizer))
+    model.generation_config = generation_config(processor.tokenizer)
+    hidden = int(model.config.text_config.hidden_size)
+    aux_head = torch.nn.Linear(hidden, len(CATEGORIES))
+    projected: list[torch.Tensor] = []
+    hook = model.model.multi_modal_projector.register_forward_hook(
+        lambda _m, _i, out: projected.append(out)
+    )
+    params = [*model.parameters(), *aux_head.parameters()]
+    optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
+    tasks = list(config.mix)
+    weights = np.array([config.mix[t] for t in tasks], dtype=np.float64)
+    rng = np.random.default_rng(config.seed)
+    pad_id = int(processor.tokenizer.pad_token_id)
+    log: dict[str, Any] = {"steps": [], "config": _config_json(config)}
+    model.train()
+    running: dict[str, float] = {"lm": 0.0, "aux": 0.0}
+    for step in range(config.steps):
+        chosen = rng.choice(len(tasks), size=config.batch, p=weights / weights.sum())
+        batch = collate([maker.make(tasks[i], rng) for i in chosen], clips, pad_id)
+        categories = batch.pop("audio_categories", None)
+        labels = batch.pop("labels")
+        projected.clear()
+        hidden_states = model.model(**batch).last_hidden_state
+        targets = labels[:, 1:] != -100  # logits only where there is a target (much cheaper)
+        logits = model.lm_head(hidden_states[:, :-1][targets])
+        lm_loss = torch.nn.functional.cross_entropy(logits, labels[:, 1:][targets])
+        loss = lm_loss
+        aux_loss = torch.zeros(())
+        if categories is not None and projected:
+            aux_loss = _aux_loss(
+                model, projected[0], batch["feature_attention_mask"], aux_head, categories
+            )
+            loss = loss + config.aux_weight * aux_loss
+        for group in optim.param_groups:
+            group["lr"] = _lr_at(step, config)
+        optim.zero_grad()
+        loss.backward()  # type: ignore[no-untyped-call]
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optim.step()
+        running["lm"] += float(lm_loss.detach())
+        running["aux"] += float(aux_loss.detach())
+        if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
+            n = (
+                config.log_every
+                if (step + 1) % config.log_every == 0
+                else (step + 1) % config.log_every
+            )
+            entry = {
+                "step": step + 1,
+                "lm_loss": round(running["lm"] / n, 4),
+                "aux_loss": round(running["aux"] / n, 4),
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+            log["steps"].append(entry)
+            running = {"lm": 0.0, "aux": 0.0}
+            if report is not None:
+                report(entry)
+    hook.remove()
+    model.eval()
+    log["train_seconds"] = round(time.perf_counter() - started, 1)
+    log["clips"] = len(clips.items)
+    log["parameters"] = sum(p.numel() for p in model.parameters())
+    return model, processor, log
+
+
+def _aux_loss(
+    model: Any,
+    projected: torch.Tensor,
+    feature_mask: torch.Tensor,
+    head: torch.nn.Linear,
+    categories: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy of the category from the mean of each clip's valid projected tokens."""
+    _, out_lengths = model.model.audio_tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
+    steps = torch.arange(projected.shape[1])[None, :]
+    valid = (steps < out_lengths[:, None]).to(projected.dtype).unsqueeze(-1)
+    mean = (projected * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+    return torch.nn.functional.cross_entropy(head(mean), categories)
+
+
+def _config_json(config: TrainConfig) -> dict[str, Any]:
+    return {
+        "steps": config.steps,
+        "batch": config.batch,
+        "lr": config.lr,
+        "warmup": config.warmup,
+        "seed": config.seed,
+        "threads": config.threads,
+        "aux_weight": config.aux_weight,
+        "mix": config.mix,
+        "max_clips": config.max_clips,
+    }
+
+
+def save_checkpoint(model: Any, processor: Any, log: dict[str, Any], directory: Path) -> Path:
+    """Write the checkpoint in the hub's weight layout plus ``training_log.json``."""
+    from sarsteer_guard.models.hub_layout import save_hub_layout
+
+    target = save_hub_layout(model, processor, directory)
+    (target / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    return target
+
+
+#: Harmful category names (for reports that split by side).
+HARMFUL_CATEGORIES = tuple(HARMFUL)

@@ -1,0 +1,192 @@
+"""Measure the organism with the shipped pipeline: sweep on validation, eval on held-out.
+
+Run from the repository root after make_data.py and train.py:
+    OMP_NUM_THREADS=1 .venv/bin/python scripts/organism/measure.py --model build/organism/model
+
+Steps (every one through the ``sarsteer-guard`` CLI, vectors from the TRAINING-side calibration
+manifests ``DATA/calibration/*.jsonl``):
+
+1. ``sweep`` over alpha on the VALIDATION split (lambda 1, k 10): picks alpha (the held-out
+   split plays no part in the choice);
+2. ``eval`` on the HELD-OUT split at the reference defaults (alpha 0.1, lambda 1, k 10);
+3. ``eval`` on held-out at the picked alpha, and at the picked alpha with lambda 0;
+4. text sanity: held-out harmful and benign prompts typed as text, no audio, unsteered.
+
+Writes ``OUT/results.json`` (every figure with its 95% Wilson interval) and prints a
+Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sarsteer_guard.cli import main as cli
+from sarsteer_guard.evaluation.metrics import wilson_interval
+
+ALPHAS = "0.05,0.1,0.2,0.3,0.5,0.8,1.2"
+
+
+def _run_json(argv: list[str]) -> dict[str, Any]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli(argv)
+    if code != 0:
+        raise SystemExit(f"sarsteer-guard {' '.join(argv[:1])} failed with exit {code}")
+    data: dict[str, Any] = json.loads(out.getvalue())
+    return data
+
+
+def _common(args: argparse.Namespace, split: str) -> list[str]:
+    cal = args.data / "calibration"
+    return [
+        "--model",
+        str(args.model),
+        "--harmful",
+        str(args.data / split / "harmful.jsonl"),
+        "--benign",
+        str(args.data / split / "benign.jsonl"),
+        "--calibration-harmful",
+        str(cal / "harmful.jsonl"),
+        "--calibration-benign",
+        str(cal / "benign.jsonl"),
+        "--store",
+        str(args.out / "store"),
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--concurrency",
+        "8",
+        "--json",
+        "--no-progress",
+    ]
+
+
+def _arm(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: summary[key]
+        for key in ("asr", "brr", "n_harmful", "n_benign", "asr_detail", "brr_detail")
+    }
+
+
+def text_sanity(model: str, data: Path) -> dict[str, Any]:
+    """Held-out prompts as typed text (no audio), unsteered: refusal rate per side."""
+    from sarsteer_guard.models import load_model
+    from sarsteer_guard.models.base import Message
+    from sarsteer_guard.refusal import RefusalDetector
+
+    lm = load_model(model, device="cpu")
+    detect = RefusalDetector()
+    out: dict[str, Any] = {}
+    for side in ("harmful", "benign"):
+        lines = (data / "text" / f"heldout_{side}.txt").read_text().splitlines()
+        texts = [line.split("\t")[0] for line in lines if line]
+        refused = 0
+        for start in range(0, len(texts), 16):
+            batch = [[Message(role="user", text=t)] for t in texts[start : start + 16]]
+            ids = lm.generate(lm.encode(batch), max_new_tokens=24)
+            refused += sum(detect(text).refused for text in lm.decode_batch(ids))
+        low, high = wilson_interval(refused, len(texts))
+        out[side] = {
+            "refused": refused,
+            "n": len(texts),
+            "rate": refused / len(texts),
+            "ci95": [round(low, 4), round(high, 4)],
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every step; write results.json; print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data", type=Path, default=Path("build/organism"))
+    parser.add_argument("--out", type=Path, default=Path("build/organism/measure"))
+    parser.add_argument("--alphas", default=ALPHAS)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"model": args.model, "max_new_tokens": args.max_new_tokens}
+    started = time.perf_counter()
+    sweep = _run_json(
+        [
+            "sweep",
+            *_common(args, "validation"),
+            "--alpha",
+            args.alphas,
+            "--lambda",
+            "1",
+            "--k",
+            "10",
+            "--out",
+            str(args.out / "sweep"),
+        ]
+    )
+    results["sweep"] = sweep
+    chosen = sweep["recommended"]
+    picked = float(chosen["alpha"]) if chosen else 0.1
+    results["picked_alpha"] = picked
+    print(f"validation sweep picked alpha {picked:g}", file=sys.stderr)
+    runs = {
+        "default": ["--alpha", "0.1", "--lambda", "1", "--k", "10"],
+        "picked": ["--alpha", f"{picked:g}", "--lambda", "1", "--k", "10"],
+        "picked_lambda0": ["--alpha", f"{picked:g}", "--lambda", "0", "--k", "10"],
+        "default_lambda0": ["--alpha", "0.1", "--lambda", "0", "--k", "10"],
+    }
+    for name, extra in runs.items():
+        summary = _run_json(
+            ["eval", *_common(args, "heldout"), *extra, "--out", str(args.out / f"heldout-{name}")]
+        )
+        results[name] = {
+            "unsteered": _arm(summary["unsteered"]),
+            "steered": _arm(summary["steered"]),
+        }
+        print(f"held-out {name}: done", file=sys.stderr)
+    results["text"] = text_sanity(str(args.model), args.data)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    print(table(results))
+    return 0
+
+
+def _fmt(detail: dict[str, Any]) -> str:
+    low, high = detail["ci95"]
+    return f"{detail['rate']:.1%} [{low:.1%}, {high:.1%}] ({detail['answered']}/{detail['n']})"
+
+
+def table(results: dict[str, Any]) -> str:
+    """Markdown table of ASR and BRR per configuration (held-out split)."""
+    picked = results["picked_alpha"]
+    rows = [
+        ("no steering", results["default"]["unsteered"]),
+        ("SARSteer alpha 0.1, lambda 1, k 10 (defaults)", results["default"]["steered"]),
+        ("alpha 0.1, lambda 0 (no ablation)", results["default_lambda0"]["steered"]),
+        (
+            f"SARSteer alpha {picked:g} (validation pick), lambda 1, k 10",
+            results["picked"]["steered"],
+        ),
+        (f"alpha {picked:g}, lambda 0 (no ablation)", results["picked_lambda0"]["steered"]),
+    ]
+    lines = [
+        "| held-out speech | ASR (harmful answered) | BRR (benign answered) |",
+        "|---|---|---|",
+    ]
+    lines += [
+        f"| {name} | {_fmt(arm['asr_detail'])} | {_fmt(arm['brr_detail'])} |" for name, arm in rows
+    ]
+    text = results["text"]
+    lines.append(
+        f"| text sanity (no audio, no steering): harmful refused "
+        f"{text['harmful']['rate']:.1%} ({text['harmful']['refused']}/{text['harmful']['n']}), "
+        f"benign refused {text['benign']['rate']:.1%} | | |"
+    )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
