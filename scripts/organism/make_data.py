@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("build/organism"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="prompts per split and side (smoke tests)"
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     requests = build_requests(args.seed)
@@ -54,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     for split in VOICES:
         for side, harmful in (("harmful", True), ("benign", False)):
             chosen = [r for r in requests if r.split == split and r.harmful == harmful]
+            if args.limit is not None:
+                chosen = chosen[:: max(1, len(chosen) // args.limit)][: args.limit]
             lines = [f"{r.text}\t{r.category}" for r in chosen]
             (args.out / "text" / f"{split}_{side}.txt").write_text("\n".join(lines) + "\n")
             seed = args.seed * 1000 + list(VOICES).index(split) * 10 + int(harmful)

@@ -7,8 +7,8 @@ Run from the repository root after train.py and measure.py:
 Ships: the checkpoint (``tiny-trained/``), 16 + 16 held-out clips for the demo and the
 regression test (``heldout/``), 16 + 16 training-side calibration clips (``calibration/``), and
 ``results.json``: the alpha the validation sweep picked (the demo's default) and the measured
-held-out table. The regression numbers for the shipped clips are added by
-``scripts/organism/record_regression.py``.
+held-out table, plus the regression figures: ``demo --clips 0 --json`` on the shipped clips
+(what tests/test_organism_regression.py checks the shipped weights against).
 """
 
 from __future__ import annotations
@@ -60,6 +60,27 @@ def copy_set(source: Path, target: Path, header: str) -> None:
         write_manifest(target / f"{side}.jsonl", copied, header=f"{header} ({side})")
 
 
+def record_regression() -> dict[str, object]:
+    """Run the demo on every shipped held-out clip; return its per-arm ASR and BRR."""
+    import contextlib
+    import io
+    import tempfile
+
+    from sarsteer_guard.cli import main as cli
+    from sarsteer_guard.cli.demo import rates
+
+    out = io.StringIO()
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(out):
+        if cli(["demo", "--out", tmp, "--clips", "0", "--json"]) != 0:
+            raise SystemExit("demo failed")
+    rows = [json.loads(line) for line in out.getvalue().splitlines() if line.strip()]
+    record: dict[str, object] = {"clips": len(rows)}
+    for arm in ("unsteered", "steered"):
+        asr, brr = rates(rows, arm)
+        record[arm] = {"asr": asr, "brr": brr}
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     """Copy the checkpoint, the clip sets and the measured results into the package."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -100,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         }
     )
     results_path.write_text(json.dumps(old, indent=1) + "\n")
+    old["regression"] = record_regression()
+    results_path.write_text(json.dumps(old, indent=1) + "\n")
+    print(json.dumps(old["regression"]))
     print(f"shipped into {PACKAGE}")
     return 0
 

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--mix", type=json.loads, default=None, help="task weights as JSON")
+    parser.add_argument("--pretrain-steps", type=int, default=0)
     parser.add_argument("--ship", action="store_true", help="copy the result into the package")
     args = parser.parse_args(argv)
     config = TrainConfig(
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         threads=args.threads,
         aux_weight=args.aux_weight,
+        pretrain_steps=args.pretrain_steps,
         **({"mix": args.mix} if args.mix else {}),
     )
     model, processor, log = train(config, report=lambda e: print(json.dumps(e), flush=True))
