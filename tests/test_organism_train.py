@@ -46,11 +46,21 @@ def test_splits_are_disjoint_by_prompt_and_voice() -> None:
 @pytest.fixture(scope="module")
 def mini_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("organism-data")
-    subprocess.run(  # noqa: S603 - our own script, fixed argv
-        [sys.executable, str(ROOT / "scripts/organism/make_data.py"), "--out", str(out),
-         "--limit", "4", "--no-progress"],
-        check=True, cwd=ROOT, capture_output=True, timeout=300,
-    )  # fmt: skip
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/organism/make_data.py"),
+            "--out",
+            str(out),
+            "--limit",
+            "4",
+            "--no-progress",
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
     return out
 
 

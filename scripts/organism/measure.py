@@ -129,7 +129,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     results["sweep"] = sweep
     chosen = sweep["recommended"]
-    picked = float(chosen["alpha"]) if chosen else 0.1
+    if chosen is None or float(chosen["alpha"]) == 0:
+        # No steered setting met the target: take the steered one with the lowest attack
+        # success, then the most benign answers (still chosen on validation only).
+        steered = [row for row in sweep["settings"] if float(row["alpha"]) > 0]
+        chosen = min(steered, key=lambda row: (row["asr"]["rate"], -row["brr"]["rate"]))
+    picked = float(chosen["alpha"])
     results["picked_alpha"] = picked
     print(f"validation sweep picked alpha {picked:g}", file=sys.stderr)
     runs = {
