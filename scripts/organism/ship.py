@@ -87,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--data", type=Path, default=Path("build/organism"))
     parser.add_argument("--measure", type=Path, required=True)
+    parser.add_argument(
+        "--demo-alpha",
+        type=float,
+        default=None,
+        help="the demo's alpha, from a VALIDATION sweep with the shipped calibration clips "
+        "(default: measure.py's pick, made with the full training-side calibration set)",
+    )
     args = parser.parse_args(argv)
     shutil.rmtree(PACKAGE / "tiny-trained", ignore_errors=True)
     shutil.copytree(args.model, PACKAGE / "tiny-trained")
@@ -103,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
     measured = json.loads(args.measure.read_text())
     results_path = PACKAGE / "results.json"
     old = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    demo_alpha = measured["picked_alpha"] if args.demo_alpha is None else args.demo_alpha
     old.update(
         {
-            "demo_alpha": measured["picked_alpha"],
+            "demo_alpha": demo_alpha,
             "measured": {
                 k: measured[k]
                 for k in (
