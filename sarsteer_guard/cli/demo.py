@@ -1,4 +1,4 @@
-"""``sarsteer-guard demo``: the audio bypass and SARSteer's repair, on a CPU, in about a minute.
+"""``sarsteer-guard demo``: the audio bypass and SARSteer steering, on a CPU, in about a minute.
 
 It needs no GPU, no Redis and no downloads. The default model, ``tiny-trained``, is the project's
 model organism: a small Qwen2-Audio trained here with safety supervision on *text only*, so it
@@ -7,7 +7,8 @@ emerged; nothing planted it). A trained stand-in, not a safety evaluation of any
 (docs/organism.md). Steering vectors are calibrated on the organism's training-side clips, then
 held-out clips (prompts and voices never used in training or to choose settings) are answered
 through the Guard with steering off and on, with a policy, a vector store and an audit log in a
-local folder.
+local folder. On this organism steering is not yet selective (benign clips flip about as often
+as harmful ones); docs/organism.md has the measurements and why.
 """
 
 from __future__ import annotations
@@ -210,6 +211,8 @@ def _print_table(
     )
     if model == "tiny-trained":
         print(
-            "tiny-trained is a small model trained here as a stand-in (docs/organism.md): it "
-            "shows the mechanism on held-out speech, not a safety evaluation of any real model."
+            "tiny-trained is a small model trained here as a stand-in, not a safety evaluation "
+            "of any real model. It refuses these requests typed but answers them spoken (the "
+            "bypass); steering is not yet selective on it: benign clips flip about as often as "
+            "harmful ones (measured in docs/organism.md)."
         )
