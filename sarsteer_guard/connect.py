@@ -52,15 +52,16 @@ def build_guard(
     store: str | None = None,
     audit: str | None = None,
     remote_url: str | None = None,
+    engine: str = "transformers",
 ) -> SpeechGuard:
-    """An in-process ``Guard`` or, with ``remote_url``, a ``RemoteGuard`` (no I/O yet)."""
+    """An in-process ``Guard`` (on ``engine``) or, with ``remote_url``, a ``RemoteGuard``."""
     if remote_url is not None:
         from sarsteer_guard.remote import RemoteGuard
 
         return RemoteGuard(remote_url)
     from sarsteer_guard.guard.core import Guard
 
-    return Guard(model=model or "tiny", policy=policy, store=store, audit=audit)
+    return Guard(model=model or "tiny", policy=policy, store=store, audit=audit, engine=engine)
 
 
 class GuardHandle:
@@ -90,6 +91,7 @@ class GuardHandle:
         store: str | None = None,
         audit: str | None = None,
         remote_url: str | None = None,
+        engine: str = "transformers",
     ) -> GuardHandle:
         """The handle an adapter builds from its ``guard=`` / ``model=`` / ``remote_url=``."""
         if guard is not None and remote_url is not None:
@@ -99,7 +101,12 @@ class GuardHandle:
 
         def build() -> SpeechGuard:
             return build_guard(
-                model=model, policy=policy, store=store, audit=audit, remote_url=remote_url
+                model=model,
+                policy=policy,
+                store=store,
+                audit=audit,
+                remote_url=remote_url,
+                engine=engine,
             )
 
         return cls(build=build)

@@ -51,6 +51,7 @@ def _add_guard_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", type=Path, default=None, help="policy YAML (hot reloaded)")
     p.add_argument("--store", default=None, help="vector store URL (redis://... or a directory)")
     p.add_argument("--audit", default=None, help="audit log URL (redis://..., sqlite:///...)")
+    p.add_argument("--engine", default="transformers", help="generation backend: transformers|vllm")
     p.add_argument("--max-batch-size", type=int, default=16, help="rows per generation batch")
     p.add_argument("--max-queue", type=int, default=64, help="turns allowed to wait")
 
@@ -131,6 +132,7 @@ def _guard(args: argparse.Namespace) -> SpeechGuard:
         max_batch_size=args.max_batch_size,
         max_queue=args.max_queue,
         max_turn_s=args.max_turn_s,
+        engine=args.engine,
     )
 
 

@@ -200,6 +200,7 @@ class SARSteerGuardService(AIService):
         store: str | None = None,
         audit: str | None = None,
         remote_url: str | None = None,
+        engine: str = "transformers",
         context: Mapping[str, ContextValue] | None = None,
         session_id: str | None = None,
         params: SARSteerParams | None = None,
@@ -214,6 +215,7 @@ class SARSteerGuardService(AIService):
             store: Vector store URL for the built Guard.
             audit: Audit log URL for the built Guard.
             remote_url: Build a ``RemoteGuard`` for this server instead.
+            engine: Generation backend of the built Guard (``transformers`` or ``vllm``).
             context: Policy context for every turn (e.g. ``{"tier": "minor"}``).
             session_id: Conversation id for the Guard's history and audit; a fresh
                 one per service instance by default, as one pipeline is one call.
@@ -221,7 +223,13 @@ class SARSteerGuardService(AIService):
             **kwargs: Passed to ``AIService`` (e.g. ``name``).
         """
         handle = GuardHandle.from_options(
-            guard, model=model, policy=policy, store=store, audit=audit, remote_url=remote_url
+            guard,
+            model=model,
+            policy=policy,
+            store=store,
+            audit=audit,
+            remote_url=remote_url,
+            engine=engine,
         )
         super().__init__(settings=ServiceSettings(model=model), **kwargs)
         self._handle = handle

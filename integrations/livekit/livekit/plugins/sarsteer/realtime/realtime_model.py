@@ -96,6 +96,7 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
         store: vector store URL for the in-process Guard.
         audit: audit log URL for the in-process Guard.
         remote_url: a Guard server URL; builds a ``RemoteGuard`` instead.
+        engine: generation backend of the in-process Guard (``transformers`` or ``vllm``).
         context: turn context for the policy rules (e.g. ``{"channel": "kids"}``);
             change it later with :meth:`update_options`.
         turn_detection: webrtcvad settings for the plugin's own turn detection and
@@ -114,13 +115,20 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
         store: str | None = None,
         audit: str | None = None,
         remote_url: str | None = None,
+        engine: str = "transformers",
         context: TurnContext | None = None,
         turn_detection: SegmenterSettings | None = DEFAULT_TURN_DETECTION,
         max_new_tokens: int | None = None,
         session_id: str | None = None,
     ) -> None:
         handle = GuardHandle.from_options(
-            guard, model=model, policy=policy, store=store, audit=audit, remote_url=remote_url
+            guard,
+            model=model,
+            policy=policy,
+            store=store,
+            audit=audit,
+            remote_url=remote_url,
+            engine=engine,
         )
         if max_new_tokens is not None and max_new_tokens < 1:
             raise GuardError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
