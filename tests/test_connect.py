@@ -162,7 +162,15 @@ def test_build_guard_passes_the_options_to_the_guard(monkeypatch: pytest.MonkeyP
     assert isinstance(
         build_guard(model=None, policy="p.yaml", audit="sqlite:///a.db"), ScriptedGuard
     )
-    assert seen == [{"model": "tiny", "policy": "p.yaml", "store": None, "audit": "sqlite:///a.db"}]
+    assert seen == [
+        {
+            "model": "tiny",
+            "policy": "p.yaml",
+            "store": None,
+            "audit": "sqlite:///a.db",
+            "engine": "transformers",
+        }
+    ]
 
 
 # -- turn_events -----------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
 @pytest.fixture(scope="module")
 def vllm_backend() -> Iterator[VllmBackend]:
     backend = open_backend(
-        "vllm", "tiny", max_batch_size=16, dtype="float32", enforce_eager=True, block_size=16
+        "vllm", "tiny", max_batch_size=16, dtype="float32", enforce_eager=True, block_size=32
     )
     assert isinstance(backend, VllmBackend)
     yield backend
