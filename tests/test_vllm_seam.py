@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +77,17 @@ def test_the_builtin_tiny_model_has_a_head_size_vllm_supports() -> None:
     text = model.config.text_config
     assert text.head_dim == TINY_HEAD_DIM == 64
     assert text.hidden_size // text.num_attention_heads == 64
+
+
+def test_compose_has_a_vllm_backed_guard_service() -> None:
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    service = compose["services"]["guard-vllm"]
+    assert service["profiles"] == ["vllm"]  # opt-in: `docker compose --profile vllm up`
+    command = service["command"]
+    assert command[command.index("--engine") + 1] == "vllm"
+    assert OPTIONS_ENV in service["environment"]
+    assert service["build"]["target"] == "guard-vllm"
+    assert "FROM guard AS guard-vllm" in (root / "Dockerfile").read_text()
