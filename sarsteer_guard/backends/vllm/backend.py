@@ -127,6 +127,8 @@ class VllmBackend:
             :class:`OverloadedError`.
         default_system_prompt: system message for conversations without one (``...``: none,
             Qwen2-Audio's own default, as on the transformers engine).
+        min_new_tokens: end-of-sequence is ignored before this many tokens (benchmarks only,
+            like ``generation_config.min_new_tokens`` on the transformers engine).
         **engine_options: :class:`~.engine.VllmEngineConfig` fields (``tensor_parallel_size``,
             ``gpu_memory_utilization``, ``max_num_seqs``, ``max_model_len``, ``enforce_eager``,
             ``dtype``, ...), over those in ``$SARSTEER_VLLM_OPTIONS`` (JSON); an unknown name
@@ -143,6 +145,7 @@ class VllmBackend:
         batch_window_s: float = 0.01,
         max_queue: int = 64,
         default_system_prompt: str | EllipsisType | None = ...,
+        min_new_tokens: int = 0,
         **engine_options: Any,
     ) -> None:
         del batch_window_s  # continuous batching: a row joins the running batch at once
@@ -165,6 +168,7 @@ class VllmBackend:
             None if isinstance(default_system_prompt, EllipsisType) else default_system_prompt
         )
         self.max_queue = max(1, max_queue)
+        self.min_new_tokens = max(0, min_new_tokens)
         self._resolved: ResolvedModel | None = None
         self._engine: VllmEngine | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -363,7 +367,12 @@ class VllmBackend:
         spec = request.steering
         conversation = self._with_system(request.conversation)
         if spec.vectors is None:
-            return VllmRow(conversation, request.max_new_tokens, tag=request.tag)
+            return VllmRow(
+                conversation,
+                request.max_new_tokens,
+                tag=request.tag,
+                min_new_tokens=self.min_new_tokens,
+            )
         steering = SteeringSet(
             vectors=spec.vectors.tensor,
             digest=spec.vectors.digest,
@@ -378,6 +387,7 @@ class VllmBackend:
             prompt_only=spec.prompt_only,
             readout_layer=spec.vectors.readout_layer,
             tag=request.tag,
+            min_new_tokens=self.min_new_tokens,
         )
 
     def _with_system(self, conversation: Sequence[Message]) -> list[Message]:
