@@ -346,13 +346,14 @@ class VllmBackend:
 
     def _done(self, row: _Row, done: EngineDone) -> RowDone:
         eos = self._resolved.eos_token_ids if self._resolved is not None else frozenset()
-        tokens = len(done.token_ids)
-        if tokens and done.token_ids[-1] in eos:
-            tokens -= 1  # counted as on the transformers engine: the end token is not a reply token
+        ids = list(done.token_ids)
+        if ids and ids[-1] in eos:
+            ids.pop()  # counted as on the transformers engine: the end token is not a reply token
+        text = self._flush(row, done.text, ids)
         ended = time.perf_counter()
         return RowDone(
-            text=done.text,
-            tokens=tokens,
+            text=text,
+            tokens=len(ids),
             cancelled=done.cancelled or row.cancelled.is_set(),
             queue_ms=0.0,
             prefill_ms=done.first_token_ms,
@@ -362,6 +363,23 @@ class VllmBackend:
             readout=done.readout,
             tag=row.tag,
         )
+
+    def _flush(self, row: _Row, sent: str, ids: Sequence[int]) -> str:
+        """The row's final text, decoded as the transformers engine decodes it.
+
+        vLLM's incremental detokenizer holds back an unfinished multi-byte character forever;
+        the transformers engine sends the full decode at the end. Sending the rest here keeps
+        both engines' texts equal for the same tokens (deltas still concatenate to the text).
+        """
+        tokenizer: Any = getattr(self.engine.renderer.processor, "tokenizer", None)
+        if tokenizer is None:
+            return sent
+        full = str(tokenizer.decode(list(ids), skip_special_tokens=True))
+        if not full.startswith(sent):  # a tokenizer that rewrites earlier text: keep what was sent
+            return sent
+        if len(full) > len(sent):
+            row.send(RowDelta(full[len(sent) :]))
+        return full
 
     def _engine_row(self, request: RowRequest) -> VllmRow:
         spec = request.steering
