@@ -79,6 +79,5 @@ fi
 .venv-vllm/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 echo "== pytest (vLLM backend, .venv-vllm)"
 started=$(date +%s)
-HF_HUB_OFFLINE=1 .venv-vllm/bin/pytest -p no:cacheprovider tests/vllm_backend tests/test_vllm_runtime.py \
-  tests/test_vllm_seam.py
+HF_HUB_OFFLINE=1 .venv-vllm/bin/pytest -p no:cacheprovider tests/vllm_backend tests/test_vllm_runtime.py
 echo "== vLLM backend tests took $(( $(date +%s) - started )) s"

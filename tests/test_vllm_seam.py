@@ -29,6 +29,7 @@ def test_vllm_is_a_registered_engine() -> None:
     assert "vllm" in backend_names()
 
 
+@pytest.mark.optional  # runs where vLLM is absent (the main venv), skips in .venv-vllm
 @pytest.mark.skipif(HAS_VLLM, reason="vLLM is installed here")
 def test_without_vllm_the_engine_name_says_what_to_install() -> None:
     with pytest.raises(GuardError, match=r"pip install 'sarsteer-guard\[vllm\]'") as caught:
