@@ -45,7 +45,7 @@ def register(subparsers: Any) -> None:
 
     listing = commands.add_parser("list", help="describe stored sets")
     listing.add_argument("--store", default=None, help=_STORE_HELP)
-    listing.add_argument("--json", action="store_true", help="one JSON array on stdout")
+    listing.add_argument("--json", action="store_true", help="one JSON object per line, per set")
     listing.set_defaults(func=_list)
 
     verify = commands.add_parser("verify", help="re-verify the signature of every stored set")
@@ -92,7 +92,8 @@ def _list(args: argparse.Namespace) -> int:
     with _open(args) as store:
         infos = store.list()
     if args.json:
-        print(json.dumps([info.to_dict() for info in infos], indent=2))
+        for info in infos:  # JSON lines, as `audit list --json`
+            print(json.dumps(info.to_dict()))
         return 0
     if not infos:
         print("no vector sets stored")
