@@ -9,12 +9,14 @@ a number, anything else text; wrap a value in double quotes to keep it text
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
-from sarsteer_guard.errors import GuardError
+from sarsteer_guard.errors import GuardError, one_line
 
 ContextValue = str | int | float | bool
 
@@ -177,3 +179,31 @@ def add_context_option(
     parser.add_argument(
         "--context", "-c", action="append", default=[], metavar="KEY=VALUE", help=help_text
     )
+
+
+def check_writable_file(path: Path, flag: str) -> None:
+    """Fail now, in one line, if ``path`` cannot be written; for output files of long runs.
+
+    Run before any model work, so a typo in ``--out`` costs a second, not a calibration.
+    Creates missing parent folders (the write would create them anyway) and probes the
+    folder with a temporary file, which is removed; ``path`` itself is not touched.
+
+    Raises:
+        GuardError: the folder cannot be created or written, or ``path`` is a folder.
+    """
+    import tempfile
+
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        existing = next(p for p in path.parents if p.exists())
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file, not a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+        if path.exists() and not os.access(path, os.W_OK):
+            raise PermissionError(13, "permission denied")
+    except OSError as error:
+        reason = error.strerror or one_line(error)
+        raise GuardError(f"cannot write {flag} {path} ({reason}): choose a writable path") from None

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sarsteer_guard.cli._common import MODEL_HELP
+from sarsteer_guard.cli._common import MODEL_HELP, check_writable_file
 
 
 def register(subparsers: Any) -> None:
@@ -84,6 +84,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 0 or args.batch_size < 1:
         raise GuardError("--k must be >= 0 and --batch-size >= 1")
+    outputs = (
+        ("--out", args.out),
+        ("--save-activations", args.save_activations),
+        ("--plot", args.plot),
+    )
+    for flag, path in outputs:
+        if path is not None:  # before the model loads: a typo must not cost a calibration
+            check_writable_file(path, flag)
     if args.plot is not None:
         from sarsteer_guard.report import require_matplotlib
 
@@ -106,10 +114,16 @@ def run(args: argparse.Namespace) -> int:
         refusal_separator=args.refusal_separator,
     )
     result = calibrate(backend, harmful, benign, config, progress=not args.no_progress)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result.vectors.save(args.out)
-    if args.save_activations is not None:
-        result.activations.save(args.save_activations)
+    try:  # checked at the start, but the disk can fill or the folder go meanwhile
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        result.vectors.save(args.out)
+        if args.save_activations is not None:
+            result.activations.save(args.save_activations)
+    except OSError as error:
+        raise GuardError(
+            f"cannot write the calibration result ({error.strerror or error}): "
+            "free space or choose another --out and run again"
+        ) from None
     if args.plot is not None:
         from sarsteer_guard.report.calibration_plot import plot_calibration
 
