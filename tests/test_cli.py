@@ -194,3 +194,27 @@ def test_calibrate_unwritable_out_in_a_real_process_is_one_line(tmp_path: Path) 
         f"sarsteer-guard: error: cannot write --out {out} ({out.parent} is a file, not a folder): "
         "choose a writable path"
     ]
+
+
+@pytest.mark.parametrize("command", ["eval", "sweep", "dataset"])
+def test_eval_sweep_dataset_unwritable_out_is_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    def no_items(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work started before --out was checked")
+
+    monkeypatch.setattr("sarsteer_guard.evaluation.evaluate.load_items", no_items)
+    monkeypatch.setattr("sarsteer_guard.evaluation.datasets.read_dataset", no_items)
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "results"
+    harmful = str(CALIBRATION_DIR / "harmful.jsonl")
+    args = {
+        "eval": ["eval", "--harmful", harmful, "--out", str(out)],
+        "sweep": ["sweep", "--harmful", harmful, "--out", str(out)],
+        "dataset": ["dataset", "sorry-bench", harmful, "--out", str(out)],
+    }[command]
+    assert main(args) == 2
+    assert f"cannot write --out {out} ({out.parent} is a file, not a folder)" in error_line(capsys)

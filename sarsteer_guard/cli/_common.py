@@ -181,28 +181,33 @@ def add_context_option(
     )
 
 
-def check_writable_file(path: Path, flag: str) -> None:
-    """Fail now, in one line, if ``path`` cannot be written; for output files of long runs.
+def check_writable(path: Path, flag: str, *, folder: bool = False) -> None:
+    """Fail now, in one line, if output ``path`` cannot be written; for long runs' outputs.
 
     Run before any model work, so a typo in ``--out`` costs a second, not a calibration.
-    Creates missing parent folders (the write would create them anyway) and probes the
-    folder with a temporary file, which is removed; ``path`` itself is not touched.
+    ``folder``: ``path`` is an output folder (created here) rather than a file. Missing
+    parent folders are created (the write would create them anyway) and the folder is
+    probed with a temporary file, which is removed; an output file is not touched.
 
     Raises:
-        GuardError: the folder cannot be created or written, or ``path`` is a folder.
+        GuardError: the folder cannot be created or written, or ``path`` is of the
+            wrong kind (a folder where a file goes, or the other way round).
     """
     import tempfile
 
+    target = path if folder else path.parent
     try:
-        if path.is_dir():
+        if not folder and path.is_dir():
             raise IsADirectoryError(21, "it is a folder")
-        existing = next(p for p in path.parents if p.exists())
-        if not existing.is_dir():
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir() and existing != path:
             raise NotADirectoryError(20, f"{existing} is a file, not a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+        if folder and existing == path and not path.is_dir():
+            raise NotADirectoryError(20, "it is a file, not a folder")
+        target.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target, prefix=".sarsteer-", suffix=".probe"):
             pass
-        if path.exists() and not os.access(path, os.W_OK):
+        if not folder and path.exists() and not os.access(path, os.W_OK):
             raise PermissionError(13, "permission denied")
     except OSError as error:
         reason = error.strerror or one_line(error)

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sarsteer_guard.cli._common import MODEL_HELP
+from sarsteer_guard.cli._common import MODEL_HELP, check_writable
 
 if TYPE_CHECKING:
     from sarsteer_guard.evaluation.judges import Judge
@@ -145,6 +145,7 @@ def run_options(args: argparse.Namespace, *, vectors: Path | None = None) -> Run
         raise GuardError("--concurrency must be between 1 and 256")
     generation = Generation(mode=args.generation, max_new_tokens=args.max_new_tokens)
     generation.check()
+    check_writable(args.out, "--out", folder=True)
     return RunOptions(
         engine=args.engine,
         store=args.store,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sarsteer_guard.cli._common import MODEL_HELP, check_writable_file
+from sarsteer_guard.cli._common import MODEL_HELP, check_writable
 
 
 def register(subparsers: Any) -> None:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     )
     for flag, path in outputs:
         if path is not None:  # before the model loads: a typo must not cost a calibration
-            check_writable_file(path, flag)
+            check_writable(path, flag)
     if args.plot is not None:
         from sarsteer_guard.report import require_matplotlib
 

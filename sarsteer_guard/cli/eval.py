@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sarsteer_guard.cli._common import add_context_option, parse_context
+from sarsteer_guard.cli._common import add_context_option, check_writable, parse_context
 from sarsteer_guard.cli._eval_common import (
     add_calibration_args,
     add_data_args,
@@ -84,6 +84,8 @@ def run_dataset(args: argparse.Namespace) -> int:
     from sarsteer_guard.evaluation.datasets import read_dataset
     from sarsteer_guard.manifest import write_manifest
 
+    check_writable(args.out, "--out")
+
     items, skipped = read_dataset(
         args.format,
         args.source,
@@ -110,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     from sarsteer_guard.evaluation.evaluate import calibration_overlap, load_items, run_evaluation
 
     _check_exclusive(args)
+    check_writable(args.out, "--out", folder=True)  # before items, judge or model load
     items, datasets = load_items(
         args.harmful,
         args.benign,
