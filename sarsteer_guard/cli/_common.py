@@ -67,6 +67,13 @@ AUDIT_HELP = (
     "audit log: sqlite:///relative.db, sqlite:////abs/path.db, a path or "
     "redis://host:port/db?prefix=P"
 )
+AUDIT_DEFAULT = " (default: $SARSTEER_AUDIT_URL, else ~/.local/state/sarsteer-guard/audit.db)"
+
+#: ``--store`` help: in every command, ``--store`` names the vector store and nothing else.
+STORE_HELP = (
+    "vector store: redis://, rediss://, unix:// or a directory "
+    "(default: $SARSTEER_STORE_URL, else ~/.cache/sarsteer-guard/vectors)"
+)
 
 #: ``--context`` help where a turn's context feeds policy rules.
 CONTEXT_HELP = "turn context for the policy's rules, e.g. channel=kids; repeat for several"

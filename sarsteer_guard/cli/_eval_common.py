@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sarsteer_guard.cli._common import MODEL_HELP, check_writable
+from sarsteer_guard.cli._common import MODEL_HELP, STORE_HELP, check_writable
 
 if TYPE_CHECKING:
     from sarsteer_guard.evaluation.judges import Judge
@@ -25,9 +25,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--engine", default="transformers", help="generation engine (default transformers)"
     )
-    p.add_argument(
-        "--store", default=None, help="vector store: redis://... or a directory (default cache)"
-    )
+    p.add_argument("--store", default=None, help=STORE_HELP)
 
 
 def add_data_args(p: argparse.ArgumentParser, *, validation: bool = False) -> None:

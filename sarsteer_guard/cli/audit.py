@@ -25,7 +25,12 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from sarsteer_guard.cli._common import AUDIT_HELP, DefaultsHelpFormatter, DeprecatedAlias
+from sarsteer_guard.cli._common import (
+    AUDIT_DEFAULT,
+    AUDIT_HELP,
+    DefaultsHelpFormatter,
+    DeprecatedAlias,
+)
 from sarsteer_guard.errors import AuditError, GuardError
 
 if TYPE_CHECKING:  # the audit stack (redis, sqlite) loads only when an audit command runs
@@ -533,8 +538,7 @@ def register(subparsers: Any) -> None:
         "--audit",
         metavar="URL",
         default=None,
-        help=f"{AUDIT_HELP} (default: $SARSTEER_AUDIT_URL, else "
-        "~/.local/state/sarsteer-guard/audit.db)",
+        help=AUDIT_HELP + AUDIT_DEFAULT,
     )
     store.add_argument(
         "--store",

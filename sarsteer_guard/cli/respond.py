@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sarsteer_guard.cli._common import MODEL_HELP, parse_context
+from sarsteer_guard.cli._common import (
+    AUDIT_DEFAULT,
+    AUDIT_HELP,
+    MODEL_HELP,
+    STORE_HELP,
+    parse_context,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -41,8 +47,8 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="turn context for policy rules (repeatable), e.g. channel=kids",
     )
-    p.add_argument("--store", default=None, help="vector store: redis://... or a directory")
-    p.add_argument("--audit", default=None, help="audit log: redis://..., sqlite:///... or path")
+    p.add_argument("--store", default=None, help=STORE_HELP)
+    p.add_argument("--audit", default=None, help=AUDIT_HELP + AUDIT_DEFAULT)
     p.add_argument("--session", default="cli", help="session id recorded with the turn")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
