@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from sarsteer_guard.store import BaseVectorStore
 
 
-
 def register(subparsers: Any) -> None:
     """Add the ``vectors`` command group to the CLI."""
     parser = subparsers.add_parser(
