@@ -29,7 +29,7 @@ from livekit.agents.voice import SpeechHandle, io
 from livekit.plugins import sarsteer
 
 from sarsteer_guard.audio.decode import load_audio
-from sarsteer_guard.cli._common import parse_context
+from sarsteer_guard.cli._common import DefaultsHelpFormatter, parse_context
 from sarsteer_guard.errors import GuardError
 from sarsteer_guard.guard.events import TurnDecision
 
@@ -81,8 +81,13 @@ class Caller(io.AudioInput):
 Reply = tuple[str, TurnDecision]
 
 
-async def converse(model: sarsteer.RealtimeModel, audio: np.ndarray) -> list[Reply]:
-    """What the agent says to ``audio`` (24 kHz float32), turn by turn, via an AgentSession."""
+async def converse(
+    model: sarsteer.RealtimeModel, audio: np.ndarray, *, timeout_s: float = 600.0
+) -> list[Reply]:
+    """What the agent says to ``audio`` (24 kHz float32), turn by turn, via an AgentSession.
+
+    Returns the replies given within ``timeout_s``; the session is closed either way.
+    """
     caller = Caller(room_frames(audio))
     session: AgentSession[None] = AgentSession(
         llm=model,
@@ -106,7 +111,7 @@ async def converse(model: sarsteer.RealtimeModel, audio: np.ndarray) -> list[Rep
     await session.start(agent=Agent(instructions="You are a helpful assistant."), record=False)
     caller.begin(session)
     waits = [asyncio.ensure_future(e.wait()) for e in (caller.finished, closed)]
-    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
     for wait in waits:
         wait.cancel()
     await session.aclose()
@@ -117,7 +122,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, play the recording to the session, print the replies."""
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").splitlines()[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("wav", help="recording of the user (any rate, WAV/FLAC/OGG/MP3)")
     parser.add_argument("--model", default="tiny", help="audio LM: hub id, path, tiny-planted")
@@ -125,6 +130,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--context", "-c", action="append", default=[], metavar="KEY=VALUE", help="turn context"
     )
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     args = parser.parse_args(argv)
     try:
         context = parse_context(args.context)
@@ -133,7 +139,7 @@ async def main(argv: Sequence[str] | None = None) -> int:
         model.on("error", lambda e: print(f"error: {e.error}", file=sys.stderr))
         await model.start()
         try:
-            answers = await converse(model, audio)
+            answers = await converse(model, audio, timeout_s=args.timeout)
         finally:
             await model.aclose()
     except GuardError as error:

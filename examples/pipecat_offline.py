@@ -40,7 +40,7 @@ from pipecat.workers.runner import WorkerRunner
 from pipecat_sarsteer import SARSteerDecisionFrame, SARSteerGuardService, SARSteerParams
 
 from sarsteer_guard.audio import float_to_pcm16, load_audio
-from sarsteer_guard.cli._common import parse_context
+from sarsteer_guard.cli._common import DefaultsHelpFormatter, parse_context
 from sarsteer_guard.errors import GuardError
 
 RATE = 16000
@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0] if __doc__ else None,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     parser.add_argument("wav", help="a speech recording (WAV, FLAC, OGG or MP3)")
     parser.add_argument("--model", default="tiny", help="hub id, path, tiny or tiny-planted")
