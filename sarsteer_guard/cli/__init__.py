@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from sarsteer_guard._version import __version__
+from sarsteer_guard.cli._common import show_defaults
 from sarsteer_guard.errors import GuardError
 
 
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)
+    show_defaults(parser)  # every help shows its defaults (issue 10, item 21)
     return parser
 
 

@@ -10,7 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sarsteer_guard.cli._common import parse_context
+from sarsteer_guard.cli._common import (
+    AUDIT_DEFAULT,
+    AUDIT_HELP,
+    MODEL_HELP,
+    STORE_HELP,
+    parse_context,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -24,7 +30,7 @@ def register(subparsers: Any) -> None:
         "for the context, vectors come from --vectors or the store (calibrated on first use), "
         "and the answer is printed as text or JSON.",
     )
-    p.add_argument("--model", default="tiny", help="hub id, local directory, or a built-in: tiny")
+    p.add_argument("--model", default="tiny", help=MODEL_HELP)
     p.add_argument(
         "--engine", default="transformers", help="generation backend that runs the model"
     )
@@ -35,18 +41,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--policy", type=Path, default=None, help="policy YAML (default: shipped)")
     p.add_argument(
         "--context",
+        "-c",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="turn context for policy rules (repeatable), e.g. channel=kids",
     )
-    p.add_argument("--store", default=None, help="vector store: redis://... or a directory")
-    p.add_argument("--audit", default=None, help="audit log: redis://..., sqlite:///... or path")
+    p.add_argument("--store", default=None, help=STORE_HELP)
+    p.add_argument("--audit", default=None, help=AUDIT_HELP + AUDIT_DEFAULT)
     p.add_argument("--session", default="cli", help="session id recorded with the turn")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument(
-        "--json", action="store_true", help="print JSON (one line per event with --stream)"
+        "--json",
+        action="store_true",
+        help="print one JSON object (--stream: one per line per event)",
     )
     p.set_defaults(func=run)
 

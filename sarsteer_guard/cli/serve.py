@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sarsteer_guard.cli._common import AUDIT_DEFAULT, AUDIT_HELP, MODEL_HELP, STORE_HELP
+
 if TYPE_CHECKING:
     from sarsteer_guard.guard.events import SpeechGuard
 
@@ -47,10 +49,10 @@ def register(subparsers: Any) -> None:
 
 
 def _add_guard_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="hub id, local directory, or a built-in: tiny")
+    p.add_argument("--model", default="tiny", help=MODEL_HELP)
     p.add_argument("--policy", type=Path, default=None, help="policy YAML (hot reloaded)")
-    p.add_argument("--store", default=None, help="vector store URL (redis://... or a directory)")
-    p.add_argument("--audit", default=None, help="audit log URL (redis://..., sqlite:///...)")
+    p.add_argument("--store", default=None, help=STORE_HELP)
+    p.add_argument("--audit", default=None, help=AUDIT_HELP + AUDIT_DEFAULT)
     p.add_argument("--engine", default="transformers", help="generation backend: transformers|vllm")
     p.add_argument("--max-batch-size", type=int, default=16, help="rows per generation batch")
     p.add_argument("--max-queue", type=int, default=64, help="turns allowed to wait")

@@ -251,9 +251,10 @@ class RealtimeSession(llm.RealtimeSession[SarsteerEvent]):
     """One conversation with the Guard, created by :meth:`RealtimeModel.session`.
 
     Not for direct construction; the ``AgentSession`` makes one per agent activity.
-    Also usable without an ``AgentSession`` (see ``examples/livekit_offline.py``):
-    ``push_audio`` frames, then ``commit_audio()`` and ``await generate_reply()``, or
-    let the plugin's turn detection emit ``generation_created``.
+    Also usable without an ``AgentSession`` (``examples/livekit_offline.py`` plays a
+    recording to a real one): ``push_audio`` frames, then ``commit_audio()`` and
+    ``await generate_reply()``, or let the plugin's turn detection emit
+    ``generation_created``.
     """
 
     def __init__(self, realtime_model: RealtimeModel, *, turn_detection: bool) -> None:
