@@ -15,6 +15,7 @@ Run: ``.venv-vllm/bin/python bench/bench_vllm.py --out bench/results/vllm.json``
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from pathlib import Path
@@ -106,6 +107,30 @@ async def sessions(
     }
 
 
+async def steered_vs_unsteered(
+    backend: GenerationBackend, n: int, turns: int, spec: SteeringSpec, pairs: int = 4
+) -> dict[str, Any]:
+    """Throughput steered over unsteered, in ``pairs`` back-to-back pairs of alternating order.
+
+    The machine is shared, so load drifts between runs: alternating which run of a pair goes
+    first cancels a steady drift, and the median of the per-pair ratios resists a burst.
+    """
+    unsteered: list[float] = []
+    steered: list[float] = []
+    for i in range(pairs):
+        order = (None, spec) if i % 2 == 0 else (spec, None)
+        for which in order:
+            run = await sessions(backend, n, turns, which)
+            (steered if which else unsteered).append(run["turns_per_s"])
+    per_pair = sorted(s / u for s, u in zip(steered, unsteered, strict=True))
+    return {
+        "unsteered_turns_per_s": unsteered,
+        "steered_turns_per_s": steered,
+        "ratio": ratio(sum(steered), sum(unsteered)),
+        "median_pair_ratio": round(float(np.median(per_pair)), 4),
+    }
+
+
 async def run_vllm(levels: list[int], turns: int, steered_levels: list[int]) -> dict[str, Any]:
     backend = open_backend(
         "vllm",
@@ -129,17 +154,8 @@ async def run_vllm(levels: list[int], turns: int, steered_levels: list[int]) -> 
         await sessions(backend, 4, 1, spec)
         for n in levels:
             out["unsteered"][str(n)] = await sessions(backend, n, turns)
-        for n in steered_levels:  # steered vs unsteered, interleaved twice
-            runs = []
-            for _ in range(2):
-                u = await sessions(backend, n, turns)
-                s = await sessions(backend, n, turns, spec)
-                runs.append((u["turns_per_s"], s["turns_per_s"]))
-            out["steered"][str(n)] = {
-                "unsteered_turns_per_s": [r[0] for r in runs],
-                "steered_turns_per_s": [r[1] for r in runs],
-                "ratio": ratio(sum(r[1] for r in runs), sum(r[0] for r in runs)),
-            }
+        for n in steered_levels:
+            out["steered"][str(n)] = await steered_vs_unsteered(backend, n, turns, spec)
     finally:
         await asyncio.to_thread(backend.stop)
     return out
@@ -169,6 +185,7 @@ def main() -> None:
     quiet_logs()
     levels = [int(x) for x in args.levels.split(",")]
     steered_levels = [int(x) for x in args.steered_levels.split(",")]
+    load_start = round(os.getloadavg()[0], 2)  # the CPU is shared: record how busy it was
     vllm = asyncio.run(run_vllm(levels, args.turns, steered_levels))
     hf = asyncio.run(run_hf(levels, args.turns))
     result: dict[str, Any] = {
@@ -195,6 +212,7 @@ def main() -> None:
     summary["steered_over_unsteered_compiled"] = {n: r["ratio"] for n, r in vllm["steered"].items()}
     result["summary"] = summary
     result["machine"] = machine_info()
+    result["load_average_1m"] = {"start": load_start, "end": round(os.getloadavg()[0], 2)}
     emit(result, args.out)
 
 
