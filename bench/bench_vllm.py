@@ -209,7 +209,10 @@ def main() -> None:
             ),
             "throughput_ratio_vllm_over_hf": ratio(v["turns_per_s"], h["turns_per_s"]),
         }
-    summary["steered_over_unsteered_compiled"] = {n: r["ratio"] for n, r in vllm["steered"].items()}
+    summary["steered_over_unsteered_compiled"] = {
+        n: {"ratio": r["ratio"], "median_pair_ratio": r["median_pair_ratio"]}
+        for n, r in vllm["steered"].items()
+    }
     result["summary"] = summary
     result["machine"] = machine_info()
     result["load_average_1m"] = {"start": load_start, "end": round(os.getloadavg()[0], 2)}
