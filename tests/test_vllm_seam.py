@@ -92,3 +92,11 @@ def test_compose_has_a_vllm_backed_guard_service() -> None:
     assert OPTIONS_ENV in service["environment"]
     assert service["build"]["target"] == "guard-vllm"
     assert "FROM guard AS guard-vllm" in (root / "Dockerfile").read_text()
+
+
+def test_the_pipecat_service_builds_its_guard_on_the_named_engine() -> None:
+    pipecat_sarsteer = pytest.importorskip("pipecat_sarsteer")
+    service = pipecat_sarsteer.SARSteerGuardService(model="tiny", engine="vllm")
+    guard = service.guard
+    assert isinstance(guard, Guard)
+    assert guard._engine_spec == "vllm"
