@@ -13,7 +13,6 @@ most ``max_turn_s`` audio each, and ``_REJECTED_MEMORY`` remembered ids.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,10 +22,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sarsteer_guard._version import __version__
 from sarsteer_guard.guard.events import GuardEvent, Turn
+from sarsteer_guard.log import get_logger
 from sarsteer_guard.server import metrics
 from sarsteer_guard.server.auth import TokenBucket
 from sarsteer_guard.server.protocol import (
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
     PROTOCOL,
     AudioMsg,
     ProtocolError,
@@ -42,6 +43,8 @@ from sarsteer_guard.server.protocol import (
 from sarsteer_guard.server.service import GuardService
 from sarsteer_guard.server.settings import ServerSettings
 from sarsteer_guard.server.turns import CancelReason, RunningTurn, run_turn
+
+log = get_logger(__name__)
 
 #: Turn ids remembered after an early final error, so their late audio is dropped quietly.
 _REJECTED_MEMORY = 256
@@ -92,7 +95,9 @@ class TurnConnection:
         self._default_session_used = False
         self._send_lock = asyncio.Lock()
         self._closed = False
+        self._aborted = False
         self._shutdown = False
+        self._receiver: asyncio.Task[None] | None = None
 
     @property
     def open_turns(self) -> int:
@@ -101,13 +106,27 @@ class TurnConnection:
 
     # -- sending (TurnOutput) ----------------------------------------------------------------
     async def send(self, message: dict[str, Any]) -> None:
-        """Send one JSON message; a gone peer just marks the connection closed."""
+        """Send one JSON message within ``send_timeout_s``; a gone peer marks the connection closed.
+
+        A client that stops reading fills the socket's buffers and a plain send would wait
+        forever, pinning the connection and its turns: past the deadline the connection is
+        aborted instead (turns cancelled, their memory freed).
+        """
         if self._closed:
             return
         text = dumps(message)
         async with self._send_lock:
+            if self._closed:
+                return
             try:
-                await self.ws.send_text(text)
+                async with asyncio.timeout(self.settings.send_timeout_s):
+                    await self.ws.send_text(text)
+            except TimeoutError:  # before OSError, its base class
+                metrics.ERRORS.labels(kind="client_not_reading").inc()
+                log.warning(
+                    "server.client_not_reading", send_timeout_s=self.settings.send_timeout_s
+                )
+                self._abort()
             except (WebSocketDisconnect, RuntimeError, OSError):
                 self._closed = True
 
@@ -126,15 +145,35 @@ class TurnConnection:
 
     # -- receiving ---------------------------------------------------------------------------
     async def run(self) -> None:
-        """Serve the connection until the peer closes it or the server drains."""
+        """Serve the connection until the peer closes it, the server drains, or it is aborted."""
         metrics.CONNECTIONS.inc()
         self.service.connections.add(self)
         try:
             await self.send(hello_message(self.settings))
-            with contextlib.suppress(WebSocketDisconnect):
-                await self._receive()
+            if self._closed:
+                return
+            self._receiver = asyncio.get_running_loop().create_task(self._receive())
+            try:
+                await self._receiver
+            except WebSocketDisconnect:
+                pass
+            except asyncio.CancelledError:
+                if not self._aborted:
+                    raise
         finally:
             await self._closed_by_peer()
+
+    def _abort(self) -> None:
+        """Give up on the socket now: stop reading; :meth:`run` then frees every turn.
+
+        For a client that stopped reading, nothing written reaches it any more (a close
+        frame neither), so nothing is sent: returning from the ASGI handler lets the
+        server drop the socket.
+        """
+        self._closed = True
+        self._aborted = True
+        if self._receiver is not None and not self._receiver.done():
+            self._receiver.cancel()
 
     async def _receive(self) -> None:
         while True:
@@ -150,6 +189,11 @@ class TurnConnection:
                 await self._handle(frame)
             except ProtocolError as error:
                 await self._protocol_error(error)
+            except Exception:
+                # A bug must not drop the socket without a close frame (clients see 1006).
+                log.exception("server.connection_failed")
+                await self._close(CLOSE_INTERNAL_ERROR, "internal error: reconnect")
+                return
 
     async def _handle(self, frame: str | bytes) -> None:
         message = parse_message(
@@ -174,9 +218,13 @@ class TurnConnection:
 
         One that cannot end a turn (no id, or the turn is generating or already ended)
         is sent connection-level, with a null ``turn_id``.
+        A failed ``turn.start`` ends the new turn it names (even an id rejected before: a
+        fresh start is a fresh turn), unless a turn of that id is open.
         """
         turn_id = error.turn_id
-        if turn_id is None or turn_id in self.running or turn_id in self.rejected:
+        is_open = turn_id in self.collecting or turn_id in self.running
+        ended = turn_id in self.rejected and not error.from_start
+        if turn_id is None or turn_id in self.running or ended or (is_open and error.from_start):
             await self.error(None, error.kind, str(error))
         else:
             await self._fail_turn(turn_id, error.kind, str(error))
@@ -322,14 +370,32 @@ class TurnConnection:
         metrics.CONNECTIONS.dec()
 
     async def shutdown(self) -> None:
-        """End open turns (shutting_down) and close with 1001 so clients reconnect elsewhere."""
+        """End open turns (shutting_down) and close with 1001 so clients reconnect elsewhere.
+
+        Bounded: every send has its deadline, and a client that does not read past it is
+        aborted; the service also bounds the whole call (:meth:`abort`).
+        """
         self._shutdown = True
         for turn_id in list(self.collecting):
             await self._fail_turn(
                 turn_id, "shutting_down", "the server shut down before turn.end: retry the turn"
             )
         await self._cancel_all("shutdown")
-        if not self._closed:
-            self._closed = True
-            with contextlib.suppress(Exception):
-                await self.ws.close(code=CLOSE_GOING_AWAY, reason="server shutting down")
+        await self._close(CLOSE_GOING_AWAY, "server shutting down")
+
+    def abort(self) -> None:
+        """The drain's deadline passed: stop serving this socket now (its turns are freed)."""
+        self._abort()
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Send a close frame (within the send deadline, else abort) and stop reading."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            async with asyncio.timeout(self.settings.send_timeout_s):
+                await self.ws.close(code=code, reason=reason)
+        except TimeoutError:
+            self._abort()
+        except Exception:  # noqa: S110 - the peer is gone: nothing left to tell it
+            pass

@@ -23,6 +23,10 @@ from sarsteer_guard.server.settings import ServerSettings
 
 log = get_logger(__name__)
 
+#: After the grace period, how long the drain gives connections to send their final
+#: messages and close frames before it cuts them.
+DRAIN_CLOSE_S = 1.0
+
 
 class Connection(Protocol):
     """What the service needs of a connection (any endpoint's) to drain it."""
@@ -34,6 +38,9 @@ class Connection(Protocol):
 
     async def shutdown(self) -> None:
         """End the connection's open turns and close it (the drain deadline passed)."""
+
+    # Optional: ``abort() -> None``, stop serving at once and free the turns (called when
+    # shutdown overruns the drain's deadline; a connection without it is left to uvicorn).
 
 
 class GuardService:
@@ -145,7 +152,18 @@ class GuardService:
         left = self.open_turns()
         if left:
             log.warning("server.drain_deadline", cancelled_turns=left)
-        await asyncio.gather(*(c.shutdown() for c in list(self.connections)))
+        connections = list(self.connections)
+        try:
+            # Final messages and close frames get a short, fixed time: the drain ends at
+            # its grace deadline whatever the clients do (one that does not read is cut).
+            async with asyncio.timeout(DRAIN_CLOSE_S):
+                await asyncio.gather(*(c.shutdown() for c in connections))
+        except TimeoutError:
+            log.warning("server.drain_close_overran", seconds=DRAIN_CLOSE_S)
+            for connection in connections:
+                abort = getattr(connection, "abort", None)
+                if callable(abort):
+                    abort()
         log.info("server.drained")
 
     async def _wait_for_open_turns(self, grace_s: float) -> None:
