@@ -35,7 +35,9 @@ class FakeSocket:
         self.inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
 
     async def receive(self) -> dict[str, Any]:
-        return await self.inbox.get()
+        message = await self.inbox.get()
+        self._changed.set()
+        return message
 
     async def send_text(self, text: str) -> None:
         if self.block_sends:  # a client that stopped reading: the write never drains

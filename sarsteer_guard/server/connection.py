@@ -15,16 +15,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, assert_never
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sarsteer_guard._version import __version__
+from sarsteer_guard.errors import AudioError
 from sarsteer_guard.guard.events import GuardEvent, Turn
 from sarsteer_guard.log import get_logger
 from sarsteer_guard.server import metrics
 from sarsteer_guard.server.auth import TokenBucket
+from sarsteer_guard.server.limits import MIB, ByteBudget, TurnAudio
 from sarsteer_guard.server.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
@@ -70,12 +72,11 @@ def hello_message(settings: ServerSettings) -> dict[str, Any]:
 
 @dataclass
 class _Collecting:
-    """A turn receiving audio."""
+    """A turn receiving audio: held at most at the model's size, ``limit`` bytes at most."""
 
     start: TurnStartMsg
+    audio: TurnAudio
     limit: int
-    chunks: list[bytes] = field(default_factory=list)
-    size: int = 0
 
 
 class TurnConnection:
@@ -98,6 +99,8 @@ class TurnConnection:
         self._aborted = False
         self._shutdown = False
         self._receiver: asyncio.Task[None] | None = None
+        self.audio_budget = ByteBudget(int(self.settings.max_audio_mb_per_connection * MIB))
+        self._held: dict[str, int] = {}  # audio bytes charged per open turn
 
     @property
     def open_turns(self) -> int:
@@ -242,9 +245,9 @@ class TurnConnection:
         if refusal is not None:
             await self._fail_turn(turn_id, *refusal)
             return
-        self.collecting[turn_id] = _Collecting(
-            start=start, limit=start.max_audio_bytes(self.settings.max_turn_s)
-        )
+        audio = TurnAudio(start.sample_rate, start.channels, start.sample_format)
+        limit = int(self.settings.max_turn_s * audio.bytes_per_s)
+        self.collecting[turn_id] = _Collecting(start=start, audio=audio, limit=limit)
         metrics.OPEN_TURNS.inc()
 
     def _admission_refusal(self) -> tuple[str, str] | None:
@@ -275,16 +278,48 @@ class TurnConnection:
             if turn_id in self.rejected or turn_id in self.running:
                 return  # late audio of a turn that already has its final message
             raise ProtocolError(f"audio for unknown turn_id {turn_id!r}: send turn.start first")
-        turn.size += len(pcm)
-        if turn.size > turn.limit:
-            await self._fail_turn(
-                turn_id,
-                "bad_request",
-                f"turn {turn_id} has more than {self.settings.max_turn_s:g} s of audio: end "
-                "turns sooner (segment speech into shorter turns)",
-            )
+        try:
+            held = turn.audio.convert(pcm)
+        except AudioError as error:
+            await self._fail_turn(turn_id, "bad_request", str(error))
             return
-        turn.chunks.append(pcm)
+        refusal = self._audio_refusal(turn_id, turn, len(held))
+        if refusal is not None:
+            await self._fail_turn(turn_id, *refusal)
+            return
+        self._charge_audio(turn_id, len(held))
+        turn.audio.add(held)
+
+    def _audio_refusal(self, turn_id: str, turn: _Collecting, size: int) -> tuple[str, str] | None:
+        """Why ``size`` more held bytes may not join ``turn``, as (kind, message); None if fine."""
+        s = self.settings
+        if turn.audio.size + size > turn.limit:
+            return "bad_request", (
+                f"turn {turn_id} has more than {s.max_turn_s:g} s of audio: end turns sooner "
+                "(segment speech into shorter turns)"
+            )
+        if not self.audio_budget.fits(size):
+            return "rate_limited", (
+                f"this connection's open turns hold {s.max_audio_mb_per_connection:g} MiB of "
+                "audio (--max-audio-mb-per-connection): end turns sooner or open fewer at once"
+            )
+        if not self.service.audio_budget.fits(size):
+            return "rate_limited", (
+                f"the server holds {s.max_audio_mb:g} MiB of audio (--max-audio-mb): retry the "
+                "turn shortly"
+            )
+        return None
+
+    def _charge_audio(self, turn_id: str, size: int) -> None:
+        self.audio_budget.take(size)
+        self.service.audio_budget.take(size)
+        self._held[turn_id] = self._held.get(turn_id, 0) + size
+
+    def _release_audio(self, turn_id: str) -> None:
+        """Give a turn's held audio back to the budgets (its final message is sent)."""
+        size = self._held.pop(turn_id, 0)
+        self.audio_budget.give(size)
+        self.service.audio_budget.give(size)
 
     async def _on_end(self, turn_id: str) -> None:
         collecting = self.collecting.pop(turn_id, None)
@@ -292,19 +327,29 @@ class TurnConnection:
             if turn_id in self.rejected:
                 return
             raise ProtocolError(f"turn.end for unknown turn_id {turn_id!r}: send turn.start first")
+        try:
+            turn = self._turn(collecting)
+        except AudioError as error:
+            self.collecting[turn_id] = collecting
+            await self._fail_turn(turn_id, "bad_request", str(error))
+            return
         if collecting.start.session_id == self.default_session_id:
             self._default_session_used = True
-        running = RunningTurn(turn=self._turn(collecting), ended_at=time.perf_counter())
+        running = RunningTurn(turn=turn, ended_at=time.perf_counter())
         self.running[turn_id] = running
         running.task = asyncio.get_running_loop().create_task(self._run_turn(running))
 
     def _turn(self, collecting: _Collecting) -> Turn:
         start = collecting.start
+        before = collecting.audio.size
+        audio, rate, channels, sample_format = collecting.audio.finish()
+        self._charge_audio(start.turn_id, collecting.audio.size - before)  # resampler's tail
+        collecting.audio.chunks.clear()  # the joined copy is the only one from here on
         return Turn(
-            audio=b"".join(collecting.chunks),
-            sample_rate=start.sample_rate,
-            channels=start.channels,
-            sample_format=start.sample_format,
+            audio=audio,
+            sample_rate=rate,
+            channels=channels,
+            sample_format=sample_format,
             session_id=start.session_id,
             context=start.context,
             turn_id=start.turn_id,
@@ -314,6 +359,7 @@ class TurnConnection:
 
     async def _on_cancel(self, turn_id: str) -> None:
         if self.collecting.pop(turn_id, None) is not None:
+            self._release_audio(turn_id)
             self.service.turn_closed()
             self._reject(turn_id)
             metrics.TURNS.labels(outcome="cancelled").inc()
@@ -333,6 +379,7 @@ class TurnConnection:
         finally:
             # Nothing above may skip this: the drain counts on every turn being closed.
             self.running.pop(running.turn_id, None)
+            self._release_audio(running.turn_id)
             self.service.turn_closed()
             metrics.TURNS.labels(outcome=running.outcome).inc()
 
@@ -344,6 +391,7 @@ class TurnConnection:
     async def _fail_turn(self, turn_id: str, kind: str, message: str) -> None:
         """Final error for a turn that is not generating; its late audio is ignored."""
         if self.collecting.pop(turn_id, None) is not None:
+            self._release_audio(turn_id)
             self.service.turn_closed()
         self._reject(turn_id)
         metrics.TURNS.labels(outcome="error").inc()
@@ -360,7 +408,8 @@ class TurnConnection:
     async def _closed_by_peer(self) -> None:
         """The socket is gone: cancel its turns, forget its private session."""
         self._closed = True
-        for _ in range(len(self.collecting)):
+        for turn_id in list(self.collecting):
+            self._release_audio(turn_id)
             self.service.turn_closed()
         self.collecting.clear()
         await self._cancel_all("disconnect")

@@ -19,6 +19,7 @@ from sarsteer_guard.errors import one_line
 from sarsteer_guard.guard.events import SpeechGuard
 from sarsteer_guard.log import get_logger
 from sarsteer_guard.server import metrics
+from sarsteer_guard.server.limits import MIB, ByteBudget
 from sarsteer_guard.server.settings import ServerSettings
 
 log = get_logger(__name__)
@@ -68,6 +69,10 @@ class GuardService:
         self._drain_task: asyncio.Task[None] | None = None
         self._turn_closed = asyncio.Event()
         self._closed = False
+        #: Audio held by every connection's open turns (see :mod:`.limits`).
+        self.audio_budget = ByteBudget(int(settings.max_audio_mb * MIB))
+        #: Handshakes accepted but not yet in ``connections`` (for ``max_connections``).
+        self.accepting = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def begin_start(self) -> None:
@@ -121,6 +126,10 @@ class GuardService:
     def open_turns(self) -> int:
         """Turns receiving audio or generating, across connections."""
         return sum(c.open_turns for c in self.connections)
+
+    def connection_count(self) -> int:
+        """Sockets served or being accepted (checked against ``max_connections``)."""
+        return len(self.connections) + self.accepting
 
     def forget_session(self, session_id: str) -> None:
         """Drop a session's conversation history (a connection's private session ended)."""

@@ -7,7 +7,7 @@ see well-formed values:
   no exception but :class:`ValueError` (a 5000-digit integer or 100,000 nested brackets
   must not escape the parser and drop the socket without a close frame);
 * :func:`clean_text`: a peer's string rejected if it cannot be encoded (a lone UTF-16
-  surrogate, which JSON's ``\\ud800`` escape can carry) or holds control characters where
+  surrogate, which JSON's ``\ud800`` escape can carry) or holds control characters where
   they make no sense, and otherwise normalised to Unicode NFC, so that the same words
   always compare, hash and encode the same way downstream.
 
