@@ -61,6 +61,8 @@ class GuardService:
         self.guard = guard
         self.settings = settings
         self.on_fatal = on_fatal
+        #: The URL clients connect to, logged once the guard is ready (set by the runner).
+        self.url: str | None = None
         self.connections: set[Connection] = set()
         self.started = False
         self.start_error: str | None = None
@@ -91,7 +93,11 @@ class GuardService:
                 self.on_fatal(self.start_error)
             return
         self.started = True
-        log.info("server.guard_ready", seconds=round(time.perf_counter() - started, 2))
+        log.info(
+            "server.guard_ready",
+            seconds=round(time.perf_counter() - started, 2),
+            url=self.url,
+        )
 
     async def close(self) -> None:
         """Drain (if not yet), then close the guard, which flushes its audit spool."""
