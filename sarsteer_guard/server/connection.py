@@ -66,6 +66,8 @@ def hello_message(settings: ServerSettings) -> dict[str, Any]:
             "rate_limit_per_s": s.rate_limit_per_s,
             "max_open_turns": s.max_open_turns,
             "max_new_tokens": s.max_new_tokens_cap,
+            "max_audio_mb_per_connection": s.max_audio_mb_per_connection,
+            "send_timeout_s": s.send_timeout_s,
         },
     }
 
