@@ -95,11 +95,28 @@ def configure_logging(
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level_name, logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_STDERR),
         cache_logger_on_first_use=False,
     )
     _route_stdlib(renderer, stamp)
     _configured = True
+
+
+class _CurrentStderr:
+    """A file that is whatever ``sys.stderr`` is when written to.
+
+    Bound once at configuration, the real stream could be one a test swapped in and has
+    since closed; looked up per write, logs always reach the live stderr.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR: Any = _CurrentStderr()
 
 
 class _StderrHandler(logging.Handler):
@@ -107,7 +124,7 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(self.format(record) + "\n")
+            _STDERR.write(self.format(record) + "\n")
         except Exception:
             self.handleError(record)
 
