@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import time
 
 from _server_fakes import FakeSocket
+from test_server_shutdown import serve_process
 from websockets.asyncio.client import connect
 
 from sarsteer_guard.server.connection import TurnConnection
@@ -92,3 +94,34 @@ async def test_a_real_client_that_never_reads_is_disconnected() -> None:
             await _eventually(lambda: not server.service.connections, timeout_s=30)
             assert server.service.open_turns() == 0
             assert "big" in guard.cancelled
+
+
+async def test_sigterm_drain_ends_on_time_with_a_client_that_never_reads() -> None:
+    """A real serve process: the drain cuts a non-reading client instead of waiting on it."""
+    reply = " ".join(["x" * 100] * 1000)  # about 100 KB of deltas per turn
+    args = ("--scripted-delay-s", "0", "--scripted-reply", reply, "--rate-limit", "0")
+    limits = ("--shutdown-grace-s", "1", "--send-timeout-s", "60")  # only the drain can cut it
+    with serve_process(*args, *limits) as (proc, url):
+        port = int(url.split(":")[2].split("/")[0])
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", port))
+        async with connect(url, sock=sock, compression=None, max_queue=1, close_timeout=0.2) as ws:
+            json.loads(await ws.recv())
+
+            async def send_turns() -> None:  # 20 MB of replies: more than any socket buffer
+                for i in range(200):
+                    await ws.send(json.dumps({"type": "turn.start", "turn_id": f"t{i}"}))
+                    await ws.send(encode_audio_frame(f"t{i}", PCM))
+                    await ws.send(json.dumps({"type": "turn.end", "turn_id": f"t{i}"}))
+
+            sender = asyncio.get_running_loop().create_task(send_turns())
+            await asyncio.sleep(3)  # the server's writes back up: we never read
+            began = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            code = await asyncio.to_thread(proc.wait, 20)
+            elapsed = time.monotonic() - began
+            sender.cancel()
+        assert code == 0
+        # grace 1 s + 1 s for final messages + uvicorn's own 5 s shutdown allowance
+        assert elapsed < 12, elapsed
