@@ -8,6 +8,7 @@ import signal
 import socket
 import time
 
+import pytest
 from _server_fakes import FakeSocket
 from test_server_shutdown import serve_process
 from websockets.asyncio.client import connect
@@ -96,6 +97,7 @@ async def test_a_real_client_that_never_reads_is_disconnected() -> None:
             assert "big" in guard.cancelled
 
 
+@pytest.mark.slow
 async def test_sigterm_drain_ends_on_time_with_a_client_that_never_reads() -> None:
     """A real serve process: the drain cuts a non-reading client instead of waiting on it."""
     reply = " ".join(["x" * 100] * 1000)  # about 100 KB of deltas per turn

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 import numpy as np
+import pytest
 from _server_fakes import FakeSocket, finals_by_turn
 
 from sarsteer_guard.guard.events import TurnDecision
@@ -31,6 +32,7 @@ async def _service(guard: ScriptedGuard, **settings: Any) -> GuardService:
     return service
 
 
+@pytest.mark.slow
 async def test_10000_end_cancel_pairs_leak_no_turn() -> None:
     """cancel lands before the turn task's first step: still one final, the slot comes back."""
     guard = ScriptedGuard(reply="a b", delay_s=0.0)
