@@ -32,6 +32,7 @@ from sarsteer_guard.log import get_logger
 from sarsteer_guard.server.protocol import (
     PROTOCOL,
     TURN_ID_RE,
+    ProtocolError,
     audio_frame_overhead,
     dumps,
     encode_audio_frame,
@@ -258,7 +259,7 @@ class RemoteGuard:
     async def respond(self, turn: Turn) -> AsyncIterator[GuardEvent]:
         """Stream one turn's events from the server; closing the iterator sends turn.cancel."""
         turn_id = turn.turn_id
-        if not TURN_ID_RE.match(turn_id):
+        if not TURN_ID_RE.fullmatch(turn_id):
             yield TurnError(turn_id, "bad_request", "turn_id must be 1-64 of [A-Za-z0-9_.:-]")
             return
         if turn_id in self._turns:
@@ -269,6 +270,7 @@ class RemoteGuard:
             log.warning("remote.history_ignored", hint="the server keeps history per session_id")
         try:
             pcm, sample_format = _pcm(turn)
+            start = _start_message(turn, sample_format)
             ws = await self._connection()
         except GuardError as error:
             yield TurnError(turn_id, error.kind, str(error))
@@ -278,7 +280,7 @@ class RemoteGuard:
         finished = False
         try:
             try:
-                await self._send_turn(ws, turn, pcm, sample_format)
+                await self._send_turn(ws, turn.turn_id, start, pcm)
             except ConnectionClosed:
                 finished = True
                 yield TurnError(
@@ -307,28 +309,15 @@ class RemoteGuard:
             if not finished:
                 await self._cancel(in_flight.ws, turn_id)
 
-    async def _send_turn(
-        self, ws: ClientConnection, turn: Turn, pcm: bytes, sample_format: str
-    ) -> None:
-        start: dict[str, Any] = {
-            "type": "turn.start",
-            "turn_id": turn.turn_id,
-            "session_id": turn.session_id,
-            "context": dict(turn.context),
-            "sample_rate": turn.sample_rate,
-            "channels": turn.channels,
-            "format": sample_format,
-        }
-        if turn.max_new_tokens is not None:
-            start["max_new_tokens"] = turn.max_new_tokens
-        await ws.send(dumps(start))
+    async def _send_turn(self, ws: ClientConnection, turn_id: str, start: str, pcm: bytes) -> None:
+        await ws.send(start)
         limit = int(self.limits.get("max_message_bytes", self.chunk_bytes))
-        chunk = max(1024, min(self.chunk_bytes, limit - audio_frame_overhead(turn.turn_id)))
+        chunk = max(1024, min(self.chunk_bytes, limit - audio_frame_overhead(turn_id)))
         for offset in range(0, len(pcm), chunk):
-            await ws.send(encode_audio_frame(turn.turn_id, pcm[offset : offset + chunk]))
-        await ws.send(dumps({"type": "turn.end", "turn_id": turn.turn_id}))
+            await ws.send(encode_audio_frame(turn_id, pcm[offset : offset + chunk]))
+        await ws.send(dumps({"type": "turn.end", "turn_id": turn_id}))
         if self.on_turn_sent is not None:
-            self.on_turn_sent(turn.turn_id)
+            self.on_turn_sent(turn_id)
 
     async def _cancel(self, ws: ClientConnection, turn_id: str) -> None:
         """Best effort turn.cancel (barge-in); a dead connection has cancelled it already."""
@@ -337,6 +326,34 @@ class RemoteGuard:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self.connect_timeout_s):
                 await ws.send(dumps({"type": "turn.cancel", "turn_id": turn_id}))
+
+
+def _start_message(turn: Turn, sample_format: str) -> str:
+    """The turn's ``turn.start`` frame; :class:`GuardError` for what JSON cannot carry.
+
+    NaN/Infinity and lone surrogates in the context or session id would make the frame
+    unencodable (or be refused by the server): the turn fails here, before any I/O.
+    """
+    start: dict[str, Any] = {
+        "type": "turn.start",
+        "turn_id": turn.turn_id,
+        "session_id": turn.session_id,
+        "context": dict(turn.context),
+        "sample_rate": turn.sample_rate,
+        "channels": turn.channels,
+        "format": sample_format,
+    }
+    if turn.max_new_tokens is not None:
+        start["max_new_tokens"] = turn.max_new_tokens
+    try:
+        text = dumps(start)
+        text.encode("utf-8")
+    except (ValueError, UnicodeEncodeError) as error:  # ValueError: NaN/Infinity
+        raise ProtocolError(
+            f"the turn's context or session_id cannot be sent ({error}): use finite numbers "
+            "and valid text"
+        ) from None
+    return text
 
 
 def _pcm(turn: Turn) -> tuple[bytes, str]:

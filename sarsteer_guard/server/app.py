@@ -113,8 +113,18 @@ async def accept_websocket(websocket: WebSocket, service: GuardService) -> bool:
     refusal = websocket_refusal(service.settings, websocket.headers)
     if refusal is None and service.draining:
         refusal = JSONResponse({"error": "shutting down: connect to another replica"}, 503)
+    limit = service.settings.max_connections
+    if refusal is None and service.connection_count() >= limit:
+        log.warning("server.connection_limit", max_connections=limit)
+        refusal = JSONResponse(
+            {"error": f"{limit} connections are open (--max-connections): retry shortly"}, 503
+        )
     if refusal is not None:
         await websocket.send_denial_response(refusal)
         return False
-    await websocket.accept()
+    service.accepting += 1
+    try:
+        await websocket.accept()
+    finally:
+        service.accepting -= 1  # the caller adds the connection before its next await
     return True
