@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 import numpy as np
 import soundfile as sf
 
-from sarsteer_guard.audio.limits import MAX_CLIP_S
+from sarsteer_guard.audio.limits import MAX_CLIP_S, describe_duration
 from sarsteer_guard.audio.pcm import FloatArray, check_rate, resample
 from sarsteer_guard.errors import AudioError, one_line
 
@@ -108,16 +108,9 @@ def _decode(
 
 def _too_long(name: str, seconds: float, max_seconds: float, where: str) -> AudioError:
     return AudioError(
-        f"{name}: is {_duration(seconds)} long ({where}) but at most {max_seconds:g} s is "
+        f"{name}: is {describe_duration(seconds)} long ({where}) but at most {max_seconds:g} s is "
         f"accepted; cut it into shorter clips (e.g. `sox IN OUT trim 0 {max_seconds:g}`)"
     )
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    minutes = seconds / 60
-    return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
 
 
 def _check_header(name: str, rate: int, frames: int, max_seconds: float | None) -> None:
@@ -149,6 +142,23 @@ def _read_mono(sound: sf.SoundFile, name: str, rate: int, max_seconds: float | N
     if not blocks:
         return np.zeros(0, dtype=np.float32)
     return np.concatenate(blocks)
+
+
+def header_seconds(path: str | os.PathLike[str]) -> float | None:
+    """The duration a file's header claims, without decoding; None if unknown or unreadable.
+
+    Cheap enough to run over every clip of a manifest when it is loaded, so a clip far
+    beyond the cap is named with its manifest line before any model is loaded.
+    """
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        info = sf.info(os.fspath(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, EOFError, OSError):
+        return None
+    if info.samplerate <= 0 or not 0 < info.frames < _UNKNOWN_FRAMES:
+        return None
+    return float(info.frames / info.samplerate)
 
 
 def read_audio(

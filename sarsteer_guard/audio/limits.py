@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sarsteer_guard.errors import AudioError
 
-__all__ = ["MAX_CLIP_S", "MIN_CLIP_S", "check_clip_length"]
+__all__ = ["MAX_CLIP_S", "MIN_CLIP_S", "check_clip_length", "describe_duration"]
 
 #: Shortest clip accepted, in seconds (the documented minimum).
 MIN_CLIP_S = 0.1
@@ -46,3 +46,11 @@ def check_clip_length(
             "segment the stream into shorter turns"
         )
     return seconds
+
+
+def describe_duration(seconds: float) -> str:
+    """``12.5 s``, ``45 min`` or ``3.0 h``: how long a clip is, for messages."""
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
