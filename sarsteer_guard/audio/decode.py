@@ -106,10 +106,10 @@ def _decode(
     return np.ascontiguousarray(np.clip(mono, -1.0, 1.0), dtype=np.float32), rate
 
 
-def _too_long(name: str, seconds: float, max_seconds: float, where: str) -> AudioError:
+def _too_long(name: str, what: str, max_seconds: float) -> AudioError:
     return AudioError(
-        f"{name}: is {describe_duration(seconds)} long ({where}) but at most {max_seconds:g} s is "
-        f"accepted; cut it into shorter clips (e.g. `sox IN OUT trim 0 {max_seconds:g}`)"
+        f"{name}: {what} but at most {max_seconds:g} s is accepted; cut it into shorter "
+        f"clips (e.g. `sox IN OUT trim 0 {max_seconds:g}`)"
     )
 
 
@@ -118,7 +118,8 @@ def _check_header(name: str, rate: int, frames: int, max_seconds: float | None) 
     if rate <= 0:
         raise AudioError(f"{name}: the header gives no sample rate; re-export the file")
     if max_seconds is not None and 0 < frames < _UNKNOWN_FRAMES and frames / rate > max_seconds:
-        raise _too_long(name, frames / rate, max_seconds, "by its header")
+        what = f"is {describe_duration(frames / rate)} long (by its header)"
+        raise _too_long(name, what, max_seconds)
 
 
 def _read_mono(sound: sf.SoundFile, name: str, rate: int, max_seconds: float | None) -> FloatArray:
@@ -138,7 +139,8 @@ def _read_mono(sound: sf.SoundFile, name: str, rate: int, max_seconds: float | N
         blocks.append(np.ascontiguousarray(mono, dtype=np.float32))
         total += mono.shape[0]
         if limit is not None and max_seconds is not None and total > limit:
-            raise _too_long(name, total / rate, max_seconds, "decoding stopped there")
+            what = f"runs past {max_seconds:g} s (decoding stopped at {total / rate:.1f} s)"
+            raise _too_long(name, what, max_seconds)
     if not blocks:
         return np.zeros(0, dtype=np.float32)
     return np.concatenate(blocks)
