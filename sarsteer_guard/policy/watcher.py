@@ -214,10 +214,10 @@ class PolicyWatcher:
             old, self._policy = self._policy, policy
             self.reload_count += 1
             self.last_error = None
-            self.last_warning = _same_version_warning(old, policy)
+            self.last_warning = warning = _same_version_warning(old, policy)
         POLICY_RELOADS.labels(result="swapped").inc()
-        if self.last_warning is not None:
-            _log.warning("policy.version_unchanged", path=self.path, detail=self.last_warning)
+        if warning is not None:
+            _log.warning("policy.version_unchanged", path=self.path, detail=warning)
         _log.info(
             "policy.reloaded",
             path=self.path,
