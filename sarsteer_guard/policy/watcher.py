@@ -53,6 +53,20 @@ def _stat(path: str) -> _Stat | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
 
+def _same_version_warning(old: Policy | None, new: Policy) -> str | None:
+    """A sentence when a reload changed the content but kept ``name@version``.
+
+    Auditors read ``name@version`` in every record; two different policies under one
+    label make the log ambiguous (the content hash still tells them apart).
+    """
+    if old is None or old.ref != new.ref or old.content_hash == new.content_hash:
+        return None
+    return (
+        f"the policy changed (sha256 {old.content_hash[:12]} -> {new.content_hash[:12]}) but "
+        f"is still {new.ref}; raise version: so audit records can tell the two apart"
+    )
+
+
 class PolicyWatcher:
     """Keeps ``.current`` equal to the last valid version of a policy file.
 
@@ -70,6 +84,8 @@ class PolicyWatcher:
         reload_count: Valid edits swapped in since ``start()``.
         reject_count: Invalid edits refused (each distinct bad content counts once).
         last_error: The message of the last refused edit, or None.
+        last_warning: Set by a swap whose content changed but whose ``name@version`` did
+            not (also logged as ``policy.version_unchanged``); None after a clean swap.
     """
 
     def __init__(
@@ -89,6 +105,7 @@ class PolicyWatcher:
         self.reload_count = 0
         self.reject_count = 0
         self.last_error: str | None = None
+        self.last_warning: str | None = None
         self._policy: Policy | None = None
         self._digest: str | None = None
         self._stat: _Stat | None = None
@@ -197,7 +214,10 @@ class PolicyWatcher:
             old, self._policy = self._policy, policy
             self.reload_count += 1
             self.last_error = None
+            self.last_warning = warning = _same_version_warning(old, policy)
         POLICY_RELOADS.labels(result="swapped").inc()
+        if warning is not None:
+            _log.warning("policy.version_unchanged", path=self.path, detail=warning)
         _log.info(
             "policy.reloaded",
             path=self.path,
