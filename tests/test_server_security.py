@@ -31,7 +31,7 @@ from sarsteer_guard.server.settings import (
 from sarsteer_guard.server.testing import ServerThread, serve_in_thread
 from sarsteer_guard.testing.scripted import ScriptedGuard
 
-PCM = bytes(640)
+PCM = bytes(3200)  # 0.1 s at 16 kHz int16: the shortest clip accepted
 WORKER = "w" * 24 + "-worker"
 
 

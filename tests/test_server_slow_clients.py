@@ -20,7 +20,7 @@ from sarsteer_guard.server.settings import ServerSettings
 from sarsteer_guard.server.testing import serve_in_thread
 from sarsteer_guard.testing.scripted import ScriptedGuard
 
-PCM = b"\x00\x01" * 800
+PCM = b"\x00\x01" * 1600  # 0.1 s at 16 kHz int16: the shortest clip accepted
 
 
 async def _eventually(check: object, timeout_s: float) -> None:

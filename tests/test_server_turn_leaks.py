@@ -22,7 +22,7 @@ from sarsteer_guard.server.settings import ServerSettings
 from sarsteer_guard.server.testing import serve_in_thread
 from sarsteer_guard.testing.scripted import ScriptedGuard
 
-PCM = b"\x00\x01" * 800
+PCM = b"\x00\x01" * 1600  # 0.1 s at 16 kHz int16: the shortest clip accepted
 
 
 async def _service(guard: ScriptedGuard, **settings: Any) -> GuardService:
@@ -71,6 +71,7 @@ async def test_cancel_before_first_step_of_disconnect_and_shutdown() -> None:
     runner = asyncio.get_running_loop().create_task(connection.run())
     await ws.wait_for(lambda: bool(ws.sent))
     await connection._on_start(_start("s1"))
+    await connection._handle(encode_audio_frame("s1", PCM))
     await connection._on_end("s1")
     await connection.shutdown()  # cancels before the task's first step
     finals = finals_by_turn(ws.sent)

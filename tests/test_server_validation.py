@@ -27,7 +27,7 @@ from sarsteer_guard.server.testing import serve_in_thread
 from sarsteer_guard.server.validation import clean_text, json_depth
 from sarsteer_guard.testing.scripted import ScriptedGuard
 
-PCM = b"\x00\x01" * 800
+PCM = b"\x00\x01" * 1600  # 0.1 s at 16 kHz int16: the shortest clip accepted
 
 
 # -- the parser never raises anything but ProtocolError ----------------------------------------
@@ -187,3 +187,18 @@ async def test_remote_guard_refuses_nan_context_as_a_turn_error() -> None:
             assert events[0].kind == "bad_request"
             ok = Turn(audio=np.zeros(1600, dtype=np.int16), turn_id="fine")
             assert isinstance([e async for e in remote.respond(ok)][-1], TurnDecision)
+
+
+async def test_clip_under_a_tenth_of_a_second_is_refused_before_the_guard() -> None:
+    """Issue 10 item 11 at the server: the documented minimum, one final error, slot freed."""
+    guard = ScriptedGuard(reply="ok", delay_s=0.0)
+    with serve_in_thread(guard, ServerSettings(rate_limit_per_s=0)) as server:
+        async with RemoteGuard(server.url) as remote:
+            short = Turn(audio=np.zeros(480, dtype=np.int16), turn_id="short")  # 30 ms
+            events = [e async for e in remote.respond(short)]
+            assert len(events) == 1
+            assert isinstance(events[0], TurnError)
+            assert "send at least 0.1 s of speech" in events[0].message
+            ok = Turn(audio=np.zeros(1600, dtype=np.int16), turn_id="tenth")
+            assert isinstance([e async for e in remote.respond(ok)][-1], TurnDecision)
+    assert [t.turn_id for t in guard.turns] == ["tenth"]

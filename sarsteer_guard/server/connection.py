@@ -21,6 +21,7 @@ from typing import Any, assert_never
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sarsteer_guard._version import __version__
+from sarsteer_guard.audio.limits import check_clip_length
 from sarsteer_guard.errors import AudioError
 from sarsteer_guard.guard.events import GuardEvent, Turn
 from sarsteer_guard.log import get_logger
@@ -28,6 +29,7 @@ from sarsteer_guard.server import metrics
 from sarsteer_guard.server.auth import TokenBucket
 from sarsteer_guard.server.limits import MIB, ByteBudget, TurnAudio
 from sarsteer_guard.server.protocol import (
+    BYTES_PER_SAMPLE,
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     PROTOCOL,
@@ -333,7 +335,7 @@ class TurnConnection:
             turn = self._turn(collecting)
         except AudioError as error:
             self.collecting[turn_id] = collecting
-            await self._fail_turn(turn_id, "bad_request", str(error))
+            await self._fail_turn(turn_id, "audio", str(error))
             return
         if collecting.start.session_id == self.default_session_id:
             self._default_session_used = True
@@ -346,6 +348,8 @@ class TurnConnection:
         before = collecting.audio.size
         audio, rate, channels, sample_format = collecting.audio.finish()
         self._charge_audio(start.turn_id, collecting.audio.size - before)  # resampler's tail
+        # Refused here, before any model work, with the sentence the CLI and Guard use.
+        check_clip_length(len(audio) // (BYTES_PER_SAMPLE[sample_format] * channels), rate)
         collecting.audio.chunks.clear()  # the joined copy is the only one from here on
         return Turn(
             audio=audio,
