@@ -45,6 +45,13 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+#: The error when no model is named (the old default was the random ``tiny``).
+MODEL_REQUIRED = (
+    "no model given: pass model=<hub id or local directory> (e.g. "
+    "Qwen/Qwen2-Audio-7B-Instruct); the built-in test models (tiny, tiny-planted) guard "
+    "nothing and must be named explicitly"
+)
+
 
 class Guard:
     """Speech turns in, guarded streamed responses out.
@@ -53,8 +60,10 @@ class Guard:
     loads the model, the policy, the stores and the vectors the policy needs.
 
     Args:
-        model: hub id, local directory, ``"tiny"``, or an already loaded adapter (ignored
-            when ``engine`` is a backend object, which brings its own model).
+        model: hub id, local directory, or an already loaded adapter (ignored when ``engine``
+            is a backend object, which brings its own model). Required: there is no default,
+            so a bot that forgets it cannot end up guarding with a random test model; the
+            built-in test models (``"tiny"``, ``"tiny-planted"``) must be named explicitly.
         policy: a policy YAML path (hot reloaded) or a loaded policy; None = the
             shipped ``policies/default.yaml``.
         store: vector store URL (``redis://...`` or a directory); None = embedded default.
@@ -81,7 +90,7 @@ class Guard:
 
     def __init__(
         self,
-        model: str | AudioLanguageModel = "tiny",
+        model: str | AudioLanguageModel | None = None,
         policy: str | Path | Policy | None = None,
         store: str | Path | VectorStore | None = None,
         audit: str | Path | AuditLog | None = None,
@@ -104,6 +113,8 @@ class Guard:
         alpha: float | None = None,
         progress: bool = False,
     ) -> None:
+        if model is None and isinstance(engine, str):
+            raise GuardError(MODEL_REQUIRED)
         self._model_spec = model
         self._policy_spec = policy
         self._store_spec = store
