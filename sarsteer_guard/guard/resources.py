@@ -60,6 +60,10 @@ def open_resources(
     if vectors is None:
         check_store_keys(vector_store)
     audit_log = _open_audit_log(audit)
+    # Connects and, for a spooling log, replays what a crashed process left in its spool
+    # now rather than on the first record written (never raises for a backend that is
+    # merely down: the spool takes the records meanwhile).
+    audit_log.open()
     provider = VectorProvider(
         engine,
         vector_store,
