@@ -479,3 +479,54 @@ def test_guard_start_replays_the_audit_spool(tiny: Any, tmp_path: Path, run: Any
         assert audit.pending() == 0
     finally:
         run(guard.close())
+
+
+# -- item 9: conversation history is bounded in bytes -------------------------------------
+def test_history_of_fresh_sessions_stays_within_the_byte_budget() -> None:
+    from sarsteer_guard.guard.conversation import ConversationStore
+
+    clip = np.zeros(16000, dtype=np.float32)  # 1 s: 64,000 bytes
+    store = ConversationStore(max_bytes=1024 * 1024, max_session_bytes=256 * 1024)
+    for i in range(200):  # a client that opens a fresh session per turn
+        store.append(f"s{i}", clip, 16000, "reply")
+        assert store.bytes <= store.max_bytes
+    assert 0 < len(store) <= 1024 * 1024 // 64000
+    assert store.history("s199") != []  # the most recent survive
+    assert store.history("s0") == []  # least recently used went first
+    for _ in range(10):  # one long call: its oldest exchanges go, within its own limit
+        store.append("call", clip, 16000, "reply")
+    per_exchange = clip.nbytes + 4 * len("reply")
+    assert len(store.history("call")) == 2 * (256 * 1024 // per_exchange)
+    store.forget("call")
+    assert store.bytes == sum(
+        clip.nbytes + 4 * len("reply") for s in range(200) if store.history(f"s{s}")
+    )
+    huge = np.zeros(16000 * 10, dtype=np.float32)  # 640,000 bytes: over the session limit
+    store.append("huge", huge, 16000, "reply")
+    assert store.history("huge") == []
+    assert store.bytes <= store.max_bytes
+
+
+def test_guard_history_with_a_fresh_session_per_turn_stays_within_budget(
+    tiny: Any, tmp_path: Path, run: Any
+) -> None:
+    policy = write(tmp_path / "p.yaml", policy_text())
+    budget = 3 * (16000 * 4) + 1024  # three one-second turns of float32 audio
+    guard = Guard(
+        tiny,
+        policy,
+        str(tmp_path / "store"),
+        CapturingAuditLog(),
+        max_new_tokens=1,
+        history_total_bytes=budget,
+        watch_policy=False,
+    )
+
+    async def go() -> None:
+        async with guard:
+            for i in range(8):
+                await collect(guard.respond(Turn(audio=tone(1.0), session_id=f"fresh-{i}")))
+                assert guard.conversations.bytes <= budget
+
+    run(go())
+    assert 0 < len(guard.conversations) <= 3

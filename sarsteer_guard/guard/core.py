@@ -85,6 +85,10 @@ class Guard:
             many characters are known so a refusal can be replaced before it is spoken.
         turn_prompt: text sent with each user turn; None = the calibration prompt.
         history_turns / history_tokens: per-session conversation budget.
+        history_session_bytes / history_total_bytes: memory the kept history (user audio
+            and replies) may take per session and across all sessions; least recently
+            used sessions are dropped first, so clients that open a fresh session per
+            turn cannot grow the server's memory.
         vectors: a vector file path or ``SteeringVectors`` used for every turn instead of
             the store (experiments, the CLI's ``--vectors``); checked against the model.
         alpha: overrides the policy's alpha for every turn (experiments, ``--alpha``).
@@ -110,6 +114,8 @@ class Guard:
         turn_prompt: str | None = None,
         history_turns: int = 8,
         history_tokens: int = 2048,
+        history_session_bytes: int = 8 * 1024 * 1024,
+        history_total_bytes: int = 256 * 1024 * 1024,
         watch_policy: bool = True,
         calibration_batch_size: int = 8,
         vectors: str | Path | SteeringVectors | None = None,
@@ -138,7 +144,10 @@ class Guard:
         self.alpha_override = alpha
         self.progress = progress
         self.conversations = ConversationStore(
-            max_exchanges=history_turns, max_tokens=history_tokens
+            max_exchanges=history_turns,
+            max_tokens=history_tokens,
+            max_session_bytes=history_session_bytes,
+            max_bytes=history_total_bytes,
         )
         #: The generation backend (the named one exists from ``load()`` on).
         self.engine: GenerationBackend | None = None if isinstance(engine, str) else engine
