@@ -10,7 +10,8 @@ before failing. So, before the policy sees the turn:
   sessions, so a bad one is refused with a one-line error;
 - context keys and string values are repaired (lone surrogates become U+FFFD) and the
   turn is flagged ``normalised`` (the flag reaches the audit record);
-- context numbers must be finite and values must be str, int, float or bool.
+- context numbers must be finite and values must be str, int, float, bool or None
+  (None: "not set", as policy conditions read it).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from typing import cast
 
 from sarsteer_guard.audit.storable import NORMALISED_FLAG, safe_text
 from sarsteer_guard.errors import GuardError
-from sarsteer_guard.guard.events import ContextValue, Turn
+from sarsteer_guard.guard.events import ContextValue, Turn, TurnContext
 
 __all__ = ["NORMALISED_FLAG", "BadTurnError", "checked_turn"]
 
@@ -45,7 +47,9 @@ def _check_id(name: str, value: object) -> None:
         )
 
 
-def _value(key: str, value: object) -> ContextValue:
+def _value(key: str, value: object) -> ContextValue | None:
+    if value is None:  # "not set", as policy conditions read it
+        return None
     if isinstance(value, str):
         return safe_text(value)
     if isinstance(value, bool | int):
@@ -55,7 +59,8 @@ def _value(key: str, value: object) -> ContextValue:
             raise BadTurnError(f"context value {key!r} is {value}: send a finite number")
         return value
     raise BadTurnError(
-        f"context value {key!r} is a {type(value).__name__}: use text, a number or true/false"
+        f"context value {key!r} is a {type(value).__name__}: use text, a number, true/false "
+        "or null"
     )
 
 
@@ -68,7 +73,7 @@ def checked_turn(turn: Turn) -> tuple[Turn, bool]:
     """
     _check_id("session_id", turn.session_id)
     _check_id("turn_id", turn.turn_id)
-    context: dict[str, ContextValue] = {}
+    context: dict[str, ContextValue | None] = {}
     changed = False
     for key, value in turn.context.items():
         if not isinstance(key, str):
@@ -79,4 +84,4 @@ def checked_turn(turn: Turn) -> tuple[Turn, bool]:
         context[fixed_key] = fixed
     if not changed:
         return turn, False
-    return dataclasses.replace(turn, context=context), True
+    return dataclasses.replace(turn, context=cast("TurnContext", context)), True
