@@ -59,8 +59,7 @@ def _value(key: str, value: object) -> ContextValue | None:
             raise BadTurnError(f"context value {key!r} is {value}: send a finite number")
         return value
     raise BadTurnError(
-        f"context value {key!r} is a {type(value).__name__}: use text, a number, true/false "
-        "or null"
+        f"context value {key!r} is a {type(value).__name__}: use text, a number, true/false or null"
     )
 
 
