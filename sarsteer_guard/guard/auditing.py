@@ -309,8 +309,9 @@ def build_audit_draft(
     try:
         context = redact_context(turn.context, settings.hash_fields, settings.drop_fields)
     except AuditError as error:
-        # No salt configured: never store the raw values; drop them and say so.
-        log.warning("audit.context_hash_unavailable", error=str(error))
+        # No salt configured: never store the raw values; drop them and flag the record.
+        # The fields were named once, at start (warn_unsalted_fields), not per record.
+        log.debug("audit.context_hash_unavailable", error=str(error))
         context = redact_context(turn.context, (), (*settings.hash_fields, *settings.drop_fields))
         flags.append("context_hash_unavailable")
     kept_audio = None
