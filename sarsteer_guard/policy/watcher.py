@@ -74,6 +74,9 @@ class PolicyWatcher:
         path: The policy file.
         on_change: Called with the new policy after each swap, from the watcher thread
             (asyncio code should hop with ``loop.call_soon_threadsafe``).
+        accept: Called with a valid candidate *before* it is swapped in (the Guard checks
+            it against the loaded model and prewarms its vectors); an exception rejects
+            the edit like invalid YAML: the last good policy stays in force.
         debounce_s: How long a changed file must stay unchanged before it is read,
             so a half-written save is not judged.
         poll_interval_s: Period of the hash check that catches changes without events.
@@ -96,9 +99,11 @@ class PolicyWatcher:
         poll_interval_s: float = 1.0,
         *,
         backend: Backend = "auto",
+        accept: Callable[[Policy], object] | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.on_change = on_change
+        self.accept = accept
         self.debounce_s = max(0.0, debounce_s)
         self.poll_interval_s = max(0.01, poll_interval_s)
         self.backend: Backend = backend
@@ -209,8 +214,12 @@ class PolicyWatcher:
                 return False
             try:
                 policy = policy_from_bytes(data, source=self.path)
+                if self.accept is not None:
+                    self.accept(policy)
             except PolicyError as error:
                 return self._reject(str(error), getattr(error, "problems", None))
+            except Exception as error:  # a failed acceptance check rejects the edit too
+                return self._reject(f"{type(error).__name__}: {error}", None)
             old, self._policy = self._policy, policy
             self.reload_count += 1
             self.last_error = None
