@@ -174,3 +174,16 @@ def test_uvicorn_lines_go_through_the_same_renderer(capsys: pytest.CaptureFixtur
         assert capsys.readouterr().err.count("once") == 1
     finally:
         configure_logging()
+
+
+@pytest.mark.parametrize("command", [["serve"], ["respond", "--audio", "clip.wav"]])
+def test_guarding_commands_need_an_explicit_model(
+    command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 10 item 23: no silent default to the random ``tiny``; the flag is named."""
+    from sarsteer_guard.cli import main
+
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"{command[0]} needs --model" in err

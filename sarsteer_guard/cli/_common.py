@@ -115,6 +115,25 @@ MODEL_HELP = (
     "tiny-planted (constructed weights that refuse along a known direction; what `demo` uses)"
 )
 
+#: ``--model`` help where guarding real traffic needs a model named (no default).
+MODEL_REQUIRED_HELP = MODEL_HELP + "; required: the random tiny would guard nothing"
+
+
+def require_model(model: str | None, command: str) -> str:
+    """The ``--model`` value, or a one-line error naming the flag (issue 10, item 23).
+
+    ``respond`` and ``serve`` used to default to the random ``tiny``: a bot that forgot
+    the flag guarded nothing. Built-ins still work when named.
+    """
+    if model is None or not model.strip():
+        raise GuardError(
+            f"{command} needs --model: a hub id or local checkpoint "
+            "(e.g. Qwen/Qwen2-Audio-7B-Instruct), or a built-in named on purpose "
+            "(--model tiny-planted for a trial)"
+        )
+    return model
+
+
 #: ``--audit`` help in every command that writes or reads the audit log.
 AUDIT_HELP = (
     "audit log: sqlite:///relative.db, sqlite:////abs/path.db, a path or "

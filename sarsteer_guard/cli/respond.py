@@ -13,9 +13,10 @@ from typing import Any
 from sarsteer_guard.cli._common import (
     AUDIT_DEFAULT,
     AUDIT_HELP,
-    MODEL_HELP,
+    MODEL_REQUIRED_HELP,
     STORE_HELP,
     parse_context,
+    require_model,
 )
 
 
@@ -30,7 +31,7 @@ def register(subparsers: Any) -> None:
         "for the context, vectors come from --vectors or the store (calibrated on first use), "
         "and the answer is printed as text or JSON.",
     )
-    p.add_argument("--model", default="tiny", help=MODEL_HELP)
+    p.add_argument("--model", default=None, help=MODEL_REQUIRED_HELP)
     p.add_argument(
         "--engine", default="transformers", help="generation backend that runs the model"
     )
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     """Validate inputs before loading anything heavy, then run one turn."""
     from sarsteer_guard.errors import GuardError
 
+    require_model(args.model, "respond")
     if args.max_new_tokens < 1:
         raise GuardError("--max-new-tokens must be at least 1")
     if args.alpha is not None and not 0 <= args.alpha <= 10:

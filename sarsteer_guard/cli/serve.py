@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any
 from sarsteer_guard.cli._common import (
     AUDIT_DEFAULT,
     AUDIT_HELP,
-    MODEL_HELP,
+    MODEL_REQUIRED_HELP,
     STORE_HELP,
     RefusedSecretFlag,
+    require_model,
 )
 
 if TYPE_CHECKING:
@@ -66,7 +67,7 @@ def register(subparsers: Any) -> None:
 
 
 def _add_guard_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help=MODEL_HELP)
+    p.add_argument("--model", default=None, help=MODEL_REQUIRED_HELP)
     p.add_argument("--policy", type=Path, default=None, help="policy YAML (hot reloaded)")
     p.add_argument("--store", default=None, help=STORE_HELP)
     p.add_argument("--audit", default=None, help=AUDIT_HELP + AUDIT_DEFAULT)
@@ -206,6 +207,9 @@ def run(args: argparse.Namespace) -> int:
         ) from error
     from sarsteer_guard.server.runner import bind_socket, client_url
 
+    scripted = args.scripted or os.environ.get(SCRIPTED_ENV) == "1"
+    if not scripted:
+        require_model(args.model, "serve")
     settings = _settings(args)
     settings.check()  # before loading a model: a bad setting should fail in milliseconds
     sock = bind_socket(settings.host, settings.port)
