@@ -1,0 +1,147 @@
+"""Per-session conversation history in Redis, so any replica answers any turn of a session.
+
+Same interface and budgets as :class:`~sarsteer_guard.guard.conversation.ConversationStore`
+(``history``, ``append``, ``forget``, ``len``): at most ``max_exchanges`` exchanges and
+``max_tokens`` estimated tokens per session, dropped oldest first as whole exchanges, and
+a session idle for ``idle_expiry_s`` is gone (the key's TTL, refreshed on every append).
+``max_sessions`` is not enforced here: the TTL bounds how many sessions live, and Redis's
+own ``maxmemory`` bounds the bytes.
+
+One key per session, ``<prefix><session_id>``, a list of exchanges oldest first. Each
+element is a JSON header line (``tokens``, ``rate``, ``reply``) then the user audio as
+little-endian int16 (history is for context: int16 keeps it exact enough and half the
+size of float32). Appends from several replicas are serialised with WATCH/MULTI: the
+trim decision is made on the list the transaction saw, so no exchange is lost or kept
+beyond the budget by a race.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, cast
+
+import numpy as np
+import redis
+from redis.exceptions import WatchError
+
+from sarsteer_guard.guard.conversation import Exchange, estimate_tokens
+from sarsteer_guard.guard.events import HistoryItem
+
+DEFAULT_PREFIX = "sarsteer:history:"
+_WATCH_RETRIES = 16
+
+
+def encode_exchange(exchange: Exchange) -> bytes:
+    """One list element: a JSON header line, then the user's audio as int16."""
+    audio = exchange.user.audio
+    samples = np.zeros(0, np.float32) if audio is None else np.asarray(audio, np.float32)
+    header = {
+        "tokens": exchange.tokens,
+        "rate": exchange.user.sample_rate,
+        "reply": exchange.assistant.text,
+    }
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2").tobytes()
+    return json.dumps(header, ensure_ascii=False).encode() + b"\n" + pcm
+
+
+def _header(blob: bytes) -> dict[str, Any]:
+    line, _, _ = blob.partition(b"\n")
+    header: dict[str, Any] = json.loads(line)
+    return header
+
+
+def decode_exchange(blob: bytes) -> Exchange:
+    """The inverse of :func:`encode_exchange` (audio back as float32)."""
+    line, _, pcm = blob.partition(b"\n")
+    header = json.loads(line)
+    audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32767.0
+    return Exchange(
+        HistoryItem(role="user", audio=audio, sample_rate=int(header["rate"])),
+        HistoryItem(role="assistant", text=str(header["reply"])),
+    )
+
+
+class RedisConversationStore:
+    """Conversation histories shared by every replica through one Redis."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        max_exchanges: int = 8,
+        max_tokens: int = 2048,
+        max_sessions: int = 10_000,
+        idle_expiry_s: float = 3600.0,
+        prefix: str = DEFAULT_PREFIX,
+        socket_timeout_s: float = 5.0,
+    ) -> None:
+        self.max_exchanges = max(0, max_exchanges)
+        self.max_tokens = max(0, max_tokens)
+        self.max_sessions = max(1, max_sessions)  # kept for interface parity (see module doc)
+        self.idle_expiry_s = idle_expiry_s
+        self.prefix = prefix
+        self._redis: redis.Redis = redis.Redis.from_url(
+            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
+        )
+
+    def _key(self, session_id: str) -> str:
+        return f"{self.prefix}{session_id}"
+
+    def history(self, session_id: str) -> list[HistoryItem]:
+        """The session's retained exchanges, oldest first, as alternating items."""
+        blobs = cast(list[bytes], self._redis.lrange(self._key(session_id), 0, -1))
+        items: list[HistoryItem] = []
+        for blob in blobs:
+            exchange = decode_exchange(blob)
+            items.extend((exchange.user, exchange.assistant))
+        return items
+
+    def append(self, session_id: str, user_audio: np.ndarray, rate: int, reply: str) -> None:
+        """Record a served exchange and trim the session to its budgets (atomically)."""
+        if self.max_exchanges == 0:
+            return
+        exchange = Exchange(
+            HistoryItem(role="user", audio=user_audio, sample_rate=rate),
+            HistoryItem(role="assistant", text=reply),
+        )
+        blob = encode_exchange(exchange)
+        key = self._key(session_id)
+        ttl_ms = max(1, int(self.idle_expiry_s * 1000))
+        with self._redis.pipeline() as pipe:
+            for _ in range(_WATCH_RETRIES):
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    held = cast(list[bytes], pipe.lrange(key, 0, -1))
+                    tokens = [int(_header(b)["tokens"]) for b in held]
+                    drop = self._to_drop([*tokens, exchange.tokens])
+                    pipe.multi()
+                    pipe.rpush(key, blob)
+                    if drop:
+                        pipe.ltrim(key, drop, -1)
+                    pipe.pexpire(key, ttl_ms)
+                    pipe.execute()
+                    return
+                except WatchError:
+                    continue
+        raise RuntimeError(f"history of session {session_id!r} kept changing: append dropped")
+
+    def _to_drop(self, tokens: list[int]) -> int:
+        """How many oldest exchanges to drop so count and token budgets hold."""
+        drop = max(0, len(tokens) - self.max_exchanges)
+        while drop < len(tokens) and sum(tokens[drop:]) > self.max_tokens:
+            drop += 1
+        return drop
+
+    def forget(self, session_id: str) -> None:
+        """Drop a session's history (call end, user request) on every replica at once."""
+        self._redis.delete(self._key(session_id))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._redis.scan_iter(match=f"{self.prefix}*", count=500))
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._redis.close()
+
+
+__all__ = ["RedisConversationStore", "decode_exchange", "encode_exchange", "estimate_tokens"]
