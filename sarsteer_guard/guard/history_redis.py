@@ -24,7 +24,7 @@ import numpy as np
 import redis
 from redis.exceptions import WatchError
 
-from sarsteer_guard.guard.conversation import Exchange, estimate_tokens
+from sarsteer_guard.guard.conversation import ConversationStore, Exchange, estimate_tokens
 from sarsteer_guard.guard.events import HistoryItem
 
 DEFAULT_PREFIX = "sarsteer:history:"
@@ -61,8 +61,12 @@ def decode_exchange(blob: bytes) -> Exchange:
     )
 
 
-class RedisConversationStore:
-    """Conversation histories shared by every replica through one Redis."""
+class RedisConversationStore(ConversationStore):
+    """Conversation histories shared by every replica through one Redis.
+
+    A drop-in for the in-memory store (``guard.conversations``): every public method is
+    overridden; only the budgets are inherited.
+    """
 
     def __init__(
         self,
@@ -75,10 +79,12 @@ class RedisConversationStore:
         prefix: str = DEFAULT_PREFIX,
         socket_timeout_s: float = 5.0,
     ) -> None:
-        self.max_exchanges = max(0, max_exchanges)
-        self.max_tokens = max(0, max_tokens)
-        self.max_sessions = max(1, max_sessions)  # kept for interface parity (see module doc)
-        self.idle_expiry_s = idle_expiry_s
+        super().__init__(
+            max_exchanges=max_exchanges,
+            max_tokens=max_tokens,
+            max_sessions=max_sessions,  # not enforced in Redis (see the module doc)
+            idle_expiry_s=idle_expiry_s,
+        )
         self.prefix = prefix
         self._redis: redis.Redis = redis.Redis.from_url(
             url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
@@ -144,4 +150,21 @@ class RedisConversationStore:
         self._redis.close()
 
 
-__all__ = ["RedisConversationStore", "decode_exchange", "encode_exchange", "estimate_tokens"]
+def redis_history(url: str, like: ConversationStore) -> RedisConversationStore:
+    """A Redis store at ``url`` with the budgets of ``like`` (the guard's own store)."""
+    return RedisConversationStore(
+        url,
+        max_exchanges=like.max_exchanges,
+        max_tokens=like.max_tokens,
+        max_sessions=like.max_sessions,
+        idle_expiry_s=like.idle_expiry_s,
+    )
+
+
+__all__ = [
+    "RedisConversationStore",
+    "decode_exchange",
+    "encode_exchange",
+    "estimate_tokens",
+    "redis_history",
+]
