@@ -151,3 +151,34 @@ async def test_websockets_pass_and_a_draining_replica_gets_no_new_connections(
                 "type"
             ] == "session.created"
             assert time.monotonic() - started < 5
+
+
+def test_remote_guard_takes_several_urls() -> None:
+    from sarsteer_guard.remote import RemoteAuthError, RemoteGuard
+
+    assert RemoteGuard("ws://a:1/v1/turns, ws://b:2/v1/turns").urls == [
+        "ws://a:1/v1/turns",
+        "ws://b:2/v1/turns",
+    ]
+    assert RemoteGuard(["ws://a:1/v1/turns"]).url == "ws://a:1/v1/turns"
+    with pytest.raises(RemoteAuthError, match="needs a guard URL"):
+        RemoteGuard(" , ")
+
+
+async def test_remote_guard_moves_on_at_once_when_a_replica_is_down() -> None:
+    from sarsteer_guard.guard.events import Turn, TurnDecision
+    from sarsteer_guard.remote import RemoteGuard
+    from sarsteer_guard.server.scripted import ScriptedGuard
+    from sarsteer_guard.server.testing import serve_in_thread
+
+    dead = f"ws://127.0.0.1:{free_port()}/v1/turns"
+    with serve_in_thread(ScriptedGuard()) as live:
+        guard = RemoteGuard([dead, live.url], backoff_base_s=5.0)  # a backoff would show
+        try:
+            started = time.monotonic()
+            events = [e async for e in guard.respond(Turn(audio=b"\x00\x00" * 1600))]
+            assert time.monotonic() - started < 2.0
+        finally:
+            await guard.close()
+    assert isinstance(events[-1], TurnDecision)
+    assert guard.url == live.url
