@@ -93,8 +93,12 @@ class RealtimeConnection:
 
     @property
     def open_turns(self) -> int:
-        """A running response, plus speech the VAD is hearing (a turn being collected)."""
-        return int(self.running is not None) + int(self.buffer.in_speech)
+        """1 while a response runs: the drain waits for it.
+
+        Speech still being heard is not counted (nothing would wake the drain when it
+        ends); its response is refused with ``sarsteer_shutting_down`` instead.
+        """
+        return int(self.running is not None)
 
     # -- sending -----------------------------------------------------------------------------
     async def send(self, event: dict[str, Any]) -> None:
