@@ -107,3 +107,14 @@ def test_concurrent_appends_from_two_replicas_lose_nothing(prefix: str) -> None:
     for n in (0, 1):  # each replica's own appends stay in order
         mine = [r for r in replies if r.startswith(f"{n}-")]
         assert mine == [f"{n}-{k}" for k in range(10)]
+
+
+def test_an_unreachable_redis_costs_the_history_not_the_turn() -> None:
+    from sarsteer_guard.server.testing import free_port
+
+    store = RedisConversationStore(f"redis://127.0.0.1:{free_port()}/0", socket_timeout_s=0.5)
+    started = time.monotonic()
+    store.append("s", audio(0.2), 16000, "hi")  # dropped, logged, not raised
+    assert store.history("s") == []
+    store.forget("s")
+    assert time.monotonic() - started < 3.0

@@ -13,6 +13,11 @@ little-endian int16 (history is for context: int16 keeps it exact enough and hal
 size of float32). Appends from several replicas are serialised with WATCH/MULTI: the
 trim decision is made on the list the transaction saw, so no exchange is lost or kept
 beyond the budget by a race.
+
+History is context, not a safety control: when Redis cannot be reached a turn goes on
+without it (``history`` returns nothing, ``append`` drops the exchange), logged as
+``history.redis_unavailable``, rather than failing the call. The steering and the policy
+do not depend on it. Calls block for at most ``socket_timeout_s`` (default 1 s).
 """
 
 from __future__ import annotations
@@ -22,10 +27,14 @@ from typing import Any, cast
 
 import numpy as np
 import redis
-from redis.exceptions import WatchError
+from redis.exceptions import RedisError, WatchError
 
+from sarsteer_guard.errors import one_line
 from sarsteer_guard.guard.conversation import ConversationStore, Exchange, estimate_tokens
 from sarsteer_guard.guard.events import HistoryItem
+from sarsteer_guard.log import get_logger
+
+log = get_logger(__name__)
 
 DEFAULT_PREFIX = "sarsteer:history:"
 _WATCH_RETRIES = 16
@@ -77,7 +86,7 @@ class RedisConversationStore(ConversationStore):
         max_sessions: int = 10_000,
         idle_expiry_s: float = 3600.0,
         prefix: str = DEFAULT_PREFIX,
-        socket_timeout_s: float = 5.0,
+        socket_timeout_s: float = 1.0,
     ) -> None:
         super().__init__(
             max_exchanges=max_exchanges,
@@ -95,7 +104,11 @@ class RedisConversationStore(ConversationStore):
 
     def history(self, session_id: str) -> list[HistoryItem]:
         """The session's retained exchanges, oldest first, as alternating items."""
-        blobs = cast(list[bytes], self._redis.lrange(self._key(session_id), 0, -1))
+        try:
+            blobs = cast(list[bytes], self._redis.lrange(self._key(session_id), 0, -1))
+        except RedisError as error:
+            log.warning("history.redis_unavailable", op="history", error=one_line(error))
+            return []
         items: list[HistoryItem] = []
         for blob in blobs:
             exchange = decode_exchange(blob)
@@ -110,8 +123,12 @@ class RedisConversationStore(ConversationStore):
             HistoryItem(role="user", audio=user_audio, sample_rate=rate),
             HistoryItem(role="assistant", text=reply),
         )
-        blob = encode_exchange(exchange)
-        key = self._key(session_id)
+        try:
+            self._append(self._key(session_id), encode_exchange(exchange), exchange.tokens)
+        except RedisError as error:
+            log.warning("history.redis_unavailable", op="append", error=one_line(error))
+
+    def _append(self, key: str, blob: bytes, tokens_new: int) -> None:
         ttl_ms = max(1, int(self.idle_expiry_s * 1000))
         with self._redis.pipeline() as pipe:
             for _ in range(_WATCH_RETRIES):
@@ -119,7 +136,7 @@ class RedisConversationStore(ConversationStore):
                     pipe.watch(key)  # type: ignore[no-untyped-call]
                     held = cast(list[bytes], pipe.lrange(key, 0, -1))
                     tokens = [int(_header(b)["tokens"]) for b in held]
-                    drop = self._to_drop([*tokens, exchange.tokens])
+                    drop = self._to_drop([*tokens, tokens_new])
                     pipe.multi()
                     pipe.rpush(key, blob)
                     if drop:
@@ -129,7 +146,7 @@ class RedisConversationStore(ConversationStore):
                     return
                 except WatchError:
                     continue
-        raise RuntimeError(f"history of session {session_id!r} kept changing: append dropped")
+        raise RedisError(f"{key} kept changing under {_WATCH_RETRIES} appends: exchange dropped")
 
     def _to_drop(self, tokens: list[int]) -> int:
         """How many oldest exchanges to drop so count and token budgets hold."""
@@ -140,7 +157,10 @@ class RedisConversationStore(ConversationStore):
 
     def forget(self, session_id: str) -> None:
         """Drop a session's history (call end, user request) on every replica at once."""
-        self._redis.delete(self._key(session_id))
+        try:
+            self._redis.delete(self._key(session_id))
+        except RedisError as error:  # the TTL still ends it
+            log.warning("history.redis_unavailable", op="forget", error=one_line(error))
 
     def __len__(self) -> int:
         return sum(1 for _ in self._redis.scan_iter(match=f"{self.prefix}*", count=500))
