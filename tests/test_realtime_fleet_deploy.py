@@ -21,11 +21,11 @@ from typing import Any
 
 import pytest
 import yaml
+from test_realtime_fleet_fault import replica, wait_ready
+from test_server_shutdown import wait_listening
 from websockets.asyncio.client import connect
 
 from sarsteer_guard.server.testing import free_port
-from tests.test_realtime_fleet_fault import replica, wait_ready
-from tests.test_server_shutdown import wait_listening
 
 ROOT = Path(__file__).resolve().parents[1]
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"

@@ -24,14 +24,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import redis
+from _realtime_kit import needs_espeak
+from test_realtime_fleet_history import REDIS_URL, redis_up
+from test_server_shutdown import wait_listening
 
 from sarsteer_guard.guard.events import TextDelta, Turn, TurnDecision, TurnError
 from sarsteer_guard.remote import RemoteGuard
 from sarsteer_guard.server.testing import free_port
 from sarsteer_guard.testing.speech import synthesize
-from tests._realtime_kit import needs_espeak
-from tests.test_realtime_fleet_history import REDIS_URL, redis_up
-from tests.test_server_shutdown import wait_listening
 
 pytestmark = [
     pytest.mark.slow,

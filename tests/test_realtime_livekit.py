@@ -19,6 +19,7 @@ pytest.importorskip("livekit.plugins.openai")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integrations" / "livekit" / "tests"))
 
+from _realtime_kit import TOKEN, guard, needs_espeak, server
 from livekit.agents import Agent, AgentSession
 from livekit.plugins import openai as lk_openai
 from livekit_harness import Microphone, RecordingTTS, Speaker, silence
@@ -29,7 +30,6 @@ from openai.types.realtime.realtime_audio_input_turn_detection import (
 from sarsteer_guard.server.scripted import ScriptedGuard
 from sarsteer_guard.server.testing import ServerThread
 from sarsteer_guard.testing.speech import synthesize
-from tests._realtime_kit import TOKEN, guard, needs_espeak, server
 
 __all__ = ["guard", "server"]  # fixtures
 

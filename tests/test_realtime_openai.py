@@ -9,12 +9,12 @@ import base64
 from typing import Any
 
 import pytest
+from _realtime_kit import TOKEN, chunks, guard, needs_espeak, server, spoken_turn
 from openai import AsyncOpenAI
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
 
 from sarsteer_guard.server.scripted import ScriptedGuard
 from sarsteer_guard.server.testing import ServerThread
-from tests._realtime_kit import TOKEN, chunks, guard, needs_espeak, server, spoken_turn
 
 __all__ = ["guard", "server"]  # fixtures
 

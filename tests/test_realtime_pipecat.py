@@ -16,6 +16,7 @@ import pytest
 
 pytest.importorskip("pipecat")
 
+from _realtime_kit import TOKEN, chunks, guard, needs_espeak, server, spoken_turn
 from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
@@ -29,7 +30,6 @@ from pipecat.tests.utils import SleepFrame, run_test
 
 from sarsteer_guard.server.scripted import ScriptedGuard
 from sarsteer_guard.server.testing import ServerThread
-from tests._realtime_kit import TOKEN, chunks, guard, needs_espeak, server, spoken_turn
 
 __all__ = ["guard", "server"]  # fixtures
 

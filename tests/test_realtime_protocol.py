@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _realtime_kit import TOKEN, chunks, guard, needs_espeak, server, spoken_turn
+from test_server_shutdown import serve_process
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
@@ -23,8 +25,6 @@ from sarsteer_guard.server.scripted import ScriptedGuard
 from sarsteer_guard.server.settings import ServerSettings, TokenSet
 from sarsteer_guard.server.testing import ServerThread, serve_in_thread
 from sarsteer_guard.testing.speech import synthesize
-from tests._realtime_kit import TOKEN, chunks, guard, needs_espeak, server, spoken_turn
-from tests.test_server_shutdown import serve_process
 
 __all__ = ["guard", "server"]  # fixtures
 

@@ -7,11 +7,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _realtime_kit import TOKEN, chunks, needs_espeak, spoken_turn
 from openai import AsyncOpenAI
 
 from sarsteer_guard.server.settings import ServerSettings, TokenSet
 from sarsteer_guard.server.testing import ServerThread, serve_in_thread
-from tests._realtime_kit import TOKEN, chunks, needs_espeak, spoken_turn
 
 pytestmark = [pytest.mark.espeak, pytest.mark.slow, needs_espeak]
 
