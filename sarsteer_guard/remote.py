@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,7 +67,10 @@ class RemoteGuard:
     Construction does no I/O; ``await start()`` connects (or the first turn does).
 
     Args:
-        url: the server's turn endpoint, e.g. ``ws://guard:8765/v1/turns``.
+        url: the server's turn endpoint, e.g. ``ws://guard:8765/v1/turns``; several
+            (a sequence, or one string separated by commas) are replicas to fail over
+            between: each connection tries them in turn from the one last used, moving
+            on at once when one is down, backing off only after a whole round failed.
         token: worker bearer token; None reads ``SARSTEER_GUARD_TOKEN``.
         connect_timeout_s: limit for one TCP + WebSocket handshake.
         max_retries: reconnect attempts after the first one fails.
@@ -81,7 +84,7 @@ class RemoteGuard:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | None = None,
         connect_timeout_s: float = 5.0,
@@ -92,7 +95,11 @@ class RemoteGuard:
         chunk_bytes: int = 32768,
         on_turn_sent: Callable[[str], None] | None = None,
     ) -> None:
-        self.url = url
+        urls = url.split(",") if isinstance(url, str) else list(url)
+        self.urls = [u.strip() for u in urls if u.strip()]
+        if not self.urls:
+            raise RemoteAuthError("RemoteGuard needs a guard URL: ws://host:port/v1/turns")
+        self.url = self.urls[0]  # the replica in use (or tried last)
         self._token = token if token is not None else (os.environ.get(WORKER_TOKEN_ENV) or None)
         self.connect_timeout_s = connect_timeout_s
         self.max_retries = max_retries
@@ -159,10 +166,13 @@ class RemoteGuard:
             if self._ws is not None and self._ws.state is State.OPEN:
                 return self._ws
             last = "no attempt made"
-            for attempt in range(self.max_retries + 1):
-                if attempt:
-                    bound = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+            n, start = len(self.urls), self.urls.index(self.url)
+            for attempt in range((self.max_retries + 1) * n):
+                if attempt and attempt % n == 0:  # a whole round failed: back off
+                    rounds = attempt // n
+                    bound = min(self.backoff_max_s, self.backoff_base_s * 2 ** (rounds - 1))
                     await asyncio.sleep(random.uniform(0, bound))  # noqa: S311 - jitter, not crypto
+                self.url = self.urls[(start + attempt) % n]
                 try:
                     ws = await self._open()
                 except RemoteAuthError:
@@ -178,8 +188,9 @@ class RemoteGuard:
                 log.info("remote.connected", url=self.url, attempts=attempt + 1)
                 return ws
             raise RemoteGuardError(
-                f"cannot reach the guard server at {self.url} after {self.max_retries + 1} "
-                f"attempts ({last}); check that it runs and that the URL is right"
+                f"cannot reach the guard server at {', '.join(self.urls)} after "
+                f"{self.max_retries + 1} attempts each ({last}); check that it runs and that "
+                "the URL is right"
             )
 
     async def _open(self) -> ClientConnection:

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from sarsteer_guard.guard.events import SpeechGuard
     from sarsteer_guard.server.settings import ServerSettings
 
+#: Redis URL for per-session history shared by replicas (docs/realtime.md, "Fleet").
+HISTORY_URL_ENV = "SARSTEER_HISTORY_URL"
 #: Test-only switch (also ``--scripted``): serve a ScriptedGuard instead of a model.
 SCRIPTED_ENV = "SARSTEER_GUARD_SCRIPTED"
 #: Where a worker token comes from, for the refused ``--token`` flag.
@@ -178,7 +180,7 @@ def _guard(args: argparse.Namespace) -> SpeechGuard:
         return scripted
     from sarsteer_guard.guard.core import Guard
 
-    return Guard(
+    guard = Guard(
         model=args.model,
         policy=args.policy,
         store=args.store,
@@ -187,6 +189,11 @@ def _guard(args: argparse.Namespace) -> SpeechGuard:
         max_queue=args.max_queue,
         max_turn_s=args.max_turn_s,
     )
+    if history_url := os.environ.get(HISTORY_URL_ENV):  # replicas share session history
+        from sarsteer_guard.guard.history_redis import redis_history
+
+        guard.conversations = redis_history(history_url, like=guard.conversations)
+    return guard
 
 
 def run(args: argparse.Namespace) -> int:

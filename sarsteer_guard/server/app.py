@@ -26,6 +26,7 @@ from sarsteer_guard.log import get_logger
 from sarsteer_guard.server.auth import metrics_refusal, websocket_refusal
 from sarsteer_guard.server.connection import TurnConnection
 from sarsteer_guard.server.protocol import TURNS_PATH
+from sarsteer_guard.server.realtime import REALTIME_PATH, RealtimeConnection
 from sarsteer_guard.server.service import GuardService
 from sarsteer_guard.server.settings import ServerSettings
 
@@ -75,6 +76,11 @@ def routes(service: GuardService) -> list[BaseRoute]:
         if await accept_websocket(websocket, service):
             await TurnConnection(websocket, service).run()
 
+    async def realtime(websocket: WebSocket) -> None:
+        if await accept_websocket(websocket, service):
+            model = websocket.query_params.get("model")
+            await RealtimeConnection(websocket, service, model).run()
+
     async def readyz(request: Request) -> Response:
         ready, reason = service.readiness()
         body = {
@@ -93,6 +99,7 @@ def routes(service: GuardService) -> list[BaseRoute]:
 
     return [
         WebSocketRoute(TURNS_PATH, turns),
+        WebSocketRoute(REALTIME_PATH, realtime),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
