@@ -9,6 +9,7 @@ WebSockets of both protocols pass through it, and a replica that starts draining
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import shutil
 import signal
@@ -100,6 +101,10 @@ def haproxy(tmp_path: Path, replicas: list[int]) -> Iterator[int]:
         proc.wait(timeout=10)
 
 
+#: 0.1 s of 16 kHz int16 silence: the shortest turn the server accepts.
+TENTH_B64 = base64.b64encode(bytes(3200)).decode()
+
+
 async def hello(url: str) -> dict[str, Any]:
     async with connect(url) as ws:
         first: dict[str, Any] = json.loads(await asyncio.wait_for(ws.recv(), 10))
@@ -134,7 +139,7 @@ async def test_websockets_pass_and_a_draining_replica_gets_no_new_connections(
                 await held.recv()
                 await held.send(json.dumps({"type": "turn.start", "turn_id": "t"}))
                 await held.send(
-                    json.dumps({"type": "turn.audio", "turn_id": "t", "audio_b64": "AAAA"})
+                    json.dumps({"type": "turn.audio", "turn_id": "t", "audio_b64": TENTH_B64})
                 )
                 await held.send(json.dumps({"type": "turn.end", "turn_id": "t"}))
                 assert json.loads(await held.recv())["type"] == "delta"
