@@ -2,7 +2,7 @@
 # The README's test command: install what the tests need on a fresh machine, then run
 # lint (ruff), types (mypy strict) and the whole pytest suite (core + both integrations).
 #   - Debian packages: espeak-ng and sox (real speech fixtures), redis-server, docker-compose,
-#     chromium (the review console's browser tests drive it through Playwright; no
+#     haproxy (fleet tests), chromium (the review console's browser tests drive it through Playwright; no
 #     `playwright install` download)
 #   - a Redis at $REDIS_URL (started on 127.0.0.1:6379 if none answers)
 #   - .venv with CPU torch pinned *first* (otherwise pip pulls multi-GB CUDA wheels)
@@ -22,6 +22,7 @@ command -v sox >/dev/null || missing+=(sox libsox-fmt-all)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v docker-compose >/dev/null || missing+=(docker-compose)  # validates docker-compose.yml
 command -v chromium >/dev/null || missing+=(chromium)  # review console browser tests
+command -v haproxy >/dev/null || missing+=(haproxy)  # the fleet tests put two replicas behind it
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== apt-get install ${missing[*]}"
   $SUDO apt-get update -qq

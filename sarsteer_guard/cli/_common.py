@@ -14,11 +14,64 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from sarsteer_guard.errors import GuardError, one_line
 
 ContextValue = str | int | float | bool
+
+
+class Parser(argparse.ArgumentParser):
+    """The CLI's ArgumentParser: no option abbreviations, no echoed stray values.
+
+    ``allow_abbrev`` is forced off (argparse would read ``--token SECRET`` as
+    ``--token-file SECRET`` and print the secret in its error). Subcommand parsers inherit
+    the class (``add_subparsers`` uses ``type(self)``), so every parser of the CLI gets it.
+    Unrecognised arguments are reported by their option names only: a stray value may be
+    a secret typed in the wrong place.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def parse_args(  # type: ignore[override]  # same behaviour, narrower than typeshed's overloads
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        """Parse; unknown arguments are named (options) or counted (values), never shown."""
+        parsed, extras = self.parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {redacted(extras)}")
+        return parsed
+
+
+def redacted(arguments: Sequence[str]) -> str:
+    """Stray command-line arguments as options only (``--tok <value>``): values may be secrets."""
+    shown = [a.partition("=")[0] if a.startswith("-") else "<value>" for a in arguments]
+    return " ".join(shown)
+
+
+class RefusedSecretFlag(argparse.Action):
+    """An option that exists only to say where a secret really comes from, then exit 2.
+
+    The value given (a secret typed on the command line) is never printed.
+    """
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        self.hint: str = kwargs.pop("hint")
+        kwargs.setdefault("nargs", "?")
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> NoReturn:
+        """Print one line saying where the secret goes and exit with status 2."""
+        parser.exit(2, f"{parser.prog}: error: {option_string} is not accepted: {self.hint}\n")
+
 
 _INT = re.compile(r"^[-+]?\d+$")
 _FLOAT = re.compile(r"^[-+]?(?:\d+\.\d*|\.\d+|\d+(?:\.\d*)?[eE][-+]?\d+)$")
@@ -61,6 +114,25 @@ MODEL_HELP = (
     "hub id, local directory, or a built-in: tiny (random weights, for wiring checks) or "
     "tiny-planted (constructed weights that refuse along a known direction; what `demo` uses)"
 )
+
+#: ``--model`` help where guarding real traffic needs a model named (no default).
+MODEL_REQUIRED_HELP = MODEL_HELP + "; required: the random tiny would guard nothing"
+
+
+def require_model(model: str | None, command: str) -> str:
+    """The ``--model`` value, or a one-line error naming the flag (issue 10, item 23).
+
+    ``respond`` and ``serve`` used to default to the random ``tiny``: a bot that forgot
+    the flag guarded nothing. Built-ins still work when named.
+    """
+    if model is None or not model.strip():
+        raise GuardError(
+            f"{command} needs --model: a hub id or local checkpoint "
+            "(e.g. Qwen/Qwen2-Audio-7B-Instruct), or a built-in named on purpose "
+            "(--model tiny-planted for a trial)"
+        )
+    return model
+
 
 #: ``--audit`` help in every command that writes or reads the audit log.
 AUDIT_HELP = (

@@ -91,7 +91,8 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
 
     Args:
         guard: the guard to use; None builds one from the options below.
-        model: model name or path for the in-process Guard (``"tiny"`` is built in).
+        model: hub id or path for the in-process Guard; required unless ``guard`` or
+            ``remote_url`` is given (the built-in test model ``"tiny"`` only when named).
         policy: policy YAML path for the in-process Guard; None uses its default.
         store: vector store URL for the in-process Guard.
         audit: audit log URL for the in-process Guard.
@@ -110,7 +111,7 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
         self,
         guard: SpeechGuard | None = None,
         *,
-        model: str = "tiny",
+        model: str | None = None,
         policy: str | None = None,
         store: str | None = None,
         audit: str | None = None,
@@ -149,7 +150,7 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
         )
         rtc.EventEmitter.__init__(self)
         self._handle = handle
-        self._model_name = model if remote_url is None else "remote"
+        self._model_name = "remote" if remote_url is not None else (model or "guard")
         self._context: dict[str, ContextValue] = dict(context or {})
         self._turn_detection = turn_detection
         self._max_new_tokens = max_new_tokens
