@@ -62,7 +62,7 @@ def build_guard(
     remote_url: str | None = None,
     engine: str = "transformers",
 ) -> SpeechGuard:
-    """An in-process ``Guard`` (on ``engine``) or, with ``remote_url``, a ``RemoteGuard`` (no I/O yet).
+    """An in-process ``Guard`` on ``engine`` or, with ``remote_url``, a ``RemoteGuard``.
 
     Raises:
         GuardOptionsError: neither ``model`` nor ``remote_url`` (there is no default model:
