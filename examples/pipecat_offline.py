@@ -8,7 +8,10 @@ printer at the end shows each response: text, refused, policy, rule.
 
 Usage:
     python examples/pipecat_offline.py question.wav [--model tiny] [--policy p.yaml]
-        [--context tier=minor] [--user-frames]
+        [--context channel=kids --context age=9] [--user-frames]
+
+Context values are typed as ``sarsteer-guard respond --context`` types them: ``9`` is a
+number, ``true``/``false`` booleans, anything else text (quote to keep ``"02139"`` text).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ from pipecat.workers.runner import WorkerRunner
 from pipecat_sarsteer import SARSteerDecisionFrame, SARSteerGuardService, SARSteerParams
 
 from sarsteer_guard.audio import float_to_pcm16, load_audio
+from sarsteer_guard.cli._common import DefaultsHelpFormatter, parse_context
+from sarsteer_guard.errors import GuardError
 
 RATE = 16000
 FRAME_MS = 20
@@ -76,27 +81,6 @@ def audio_frames(x: np.ndarray) -> list[Frame]:
         InputAudioRawFrame(audio=pcm[i : i + step], sample_rate=RATE, num_channels=1)
         for i in range(0, len(pcm), step)
     ]
-
-
-def parse_context(items: Sequence[str]) -> dict[str, str | int | float | bool]:
-    """``key=value`` pairs; numbers and true/false are typed like YAML would."""
-    context: dict[str, str | int | float | bool] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--context {item!r}: write key=value")
-        typed: str | int | float | bool = value
-        if value.lower() in ("true", "false"):
-            typed = value.lower() == "true"
-        else:
-            for cast in (int, float):
-                try:
-                    typed = cast(value)
-                    break
-                except ValueError:
-                    pass
-        context[key] = typed
-    return context
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -143,12 +127,22 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        formatter_class=DefaultsHelpFormatter,
+    )
     parser.add_argument("wav", help="a speech recording (WAV, FLAC, OGG or MP3)")
-    parser.add_argument("--model", default="tiny", help="tiny, a hub id or a local directory")
+    parser.add_argument("--model", default="tiny", help="hub id, path, tiny or tiny-planted")
     parser.add_argument("--policy", default=None, help="policy YAML (default: shipped)")
     parser.add_argument("--audit", default=None, help="audit log URL, e.g. sqlite:///audit.db")
-    parser.add_argument("--context", action="append", default=[], help="key=value, repeatable")
+    parser.add_argument(
+        "--context",
+        "-c",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="turn context, repeatable; typed as `sarsteer-guard respond -c` types it",
+    )
     parser.add_argument(
         "--user-frames",
         action="store_true",
@@ -156,7 +150,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--verbose", action="store_true", help="show Pipecat's debug log")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
-    return asyncio.run(run(parser.parse_args(argv)))
+    try:
+        return asyncio.run(run(parser.parse_args(argv)))
+    except GuardError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -45,22 +45,38 @@ class GuardOptionsError(GuardError, ValueError):
     kind = "config"
 
 
+#: An adapter built without ``guard=``, ``remote_url=`` or ``model=``.
+MODEL_REQUIRED = (
+    "no model given: pass model=<hub id or local directory> (e.g. "
+    "Qwen/Qwen2-Audio-7B-Instruct), guard= or remote_url=; the built-in test models "
+    "(tiny, tiny-planted) guard nothing and must be named explicitly"
+)
+
+
 def build_guard(
     *,
-    model: str | None = "tiny",
+    model: str | None = None,
     policy: str | Path | Policy | None = None,
     store: str | None = None,
     audit: str | None = None,
     remote_url: str | None = None,
+    engine: str = "transformers",
 ) -> SpeechGuard:
-    """An in-process ``Guard`` or, with ``remote_url``, a ``RemoteGuard`` (no I/O yet)."""
+    """An in-process ``Guard`` on ``engine`` or, with ``remote_url``, a ``RemoteGuard``.
+
+    Raises:
+        GuardOptionsError: neither ``model`` nor ``remote_url`` (there is no default model:
+            a forgotten ``model=`` must not silently guard with a random test model).
+    """
     if remote_url is not None:
         from sarsteer_guard.remote import RemoteGuard
 
         return RemoteGuard(remote_url)
+    if not model:
+        raise GuardOptionsError(MODEL_REQUIRED)
     from sarsteer_guard.guard.core import Guard
 
-    return Guard(model=model or "tiny", policy=policy, store=store, audit=audit)
+    return Guard(model=model, policy=policy, store=store, audit=audit, engine=engine)
 
 
 class GuardHandle:
@@ -85,21 +101,34 @@ class GuardHandle:
         cls,
         guard: SpeechGuard | None = None,
         *,
-        model: str | None = "tiny",
+        model: str | None = None,
         policy: str | Path | Policy | None = None,
         store: str | None = None,
         audit: str | None = None,
         remote_url: str | None = None,
+        engine: str = "transformers",
     ) -> GuardHandle:
-        """The handle an adapter builds from its ``guard=`` / ``model=`` / ``remote_url=``."""
+        """The handle an adapter builds from its ``guard=`` / ``model=`` / ``remote_url=``.
+
+        Raises:
+            GuardOptionsError: ``guard=`` with ``remote_url=``, or none of ``guard=``,
+                ``remote_url=`` and ``model=`` (checked now, not at the first turn).
+        """
         if guard is not None and remote_url is not None:
             raise GuardOptionsError("pass either guard= or remote_url=, not both")
         if guard is not None:
             return cls(guard)
+        if remote_url is None and not model:
+            raise GuardOptionsError(MODEL_REQUIRED)
 
         def build() -> SpeechGuard:
             return build_guard(
-                model=model, policy=policy, store=store, audit=audit, remote_url=remote_url
+                model=model,
+                policy=policy,
+                store=store,
+                audit=audit,
+                remote_url=remote_url,
+                engine=engine,
             )
 
         return cls(build=build)

@@ -116,6 +116,29 @@ def _type_name(value: object) -> str:
     )
 
 
+def _check_clip_header(audio: Path, label: str) -> None:
+    """Refuse a clip whose header claims less than 0.1 s or more than the model hears.
+
+    A small file can claim hours of audio (a decompression bomb); calibration would
+    decode at most the cap and then fail, after the model had loaded. Unreadable files
+    pass here: decoding them names the problem.
+    """
+    from sarsteer_guard.audio import MAX_CLIP_S, MIN_CLIP_S, header_seconds
+    from sarsteer_guard.audio.limits import describe_duration
+
+    seconds = header_seconds(audio)
+    if seconds is not None and seconds < MIN_CLIP_S - 0.001:
+        raise ManifestError(
+            f"{label} is {seconds * 1000:.0f} ms long but clips must be at least "
+            f"{MIN_CLIP_S:g} s (shorter ones fail inside the model); re-record or remove it"
+        )
+    if seconds is not None and seconds > MAX_CLIP_S:
+        raise ManifestError(
+            f"{label} is {describe_duration(seconds)} long but calibration clips may be at "
+            f"most {MAX_CLIP_S:g} s (what the model hears); cut it into shorter clips"
+        )
+
+
 def _parse_line(
     raw: str, where: str, line_no: int, manifest: Path, seen: dict[str, int]
 ) -> ManifestItem:
@@ -161,6 +184,7 @@ def _parse_line(
                 f"{where}:{line_no}: audio file {obj['audio']!r} not found (looked for "
                 f"{audio}); fix the path, which is relative to the manifest file"
             )
+        _check_clip_header(audio, f"{where}:{line_no}: audio file {obj['audio']!r}")
     item_id = obj.get("id", f"{manifest.stem}:{line_no}")
     if item_id in seen:
         raise ManifestError(

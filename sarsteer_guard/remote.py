@@ -16,7 +16,7 @@ import contextlib
 import json
 import os
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from sarsteer_guard.log import get_logger
 from sarsteer_guard.server.protocol import (
     PROTOCOL,
     TURN_ID_RE,
+    ProtocolError,
     audio_frame_overhead,
     dumps,
     encode_audio_frame,
@@ -66,7 +67,10 @@ class RemoteGuard:
     Construction does no I/O; ``await start()`` connects (or the first turn does).
 
     Args:
-        url: the server's turn endpoint, e.g. ``ws://guard:8765/v1/turns``.
+        url: the server's turn endpoint, e.g. ``ws://guard:8765/v1/turns``; several
+            (a sequence, or one string separated by commas) are replicas to fail over
+            between: each connection tries them in turn from the one last used, moving
+            on at once when one is down, backing off only after a whole round failed.
         token: worker bearer token; None reads ``SARSTEER_GUARD_TOKEN``.
         connect_timeout_s: limit for one TCP + WebSocket handshake.
         max_retries: reconnect attempts after the first one fails.
@@ -80,7 +84,7 @@ class RemoteGuard:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | None = None,
         connect_timeout_s: float = 5.0,
@@ -91,7 +95,11 @@ class RemoteGuard:
         chunk_bytes: int = 32768,
         on_turn_sent: Callable[[str], None] | None = None,
     ) -> None:
-        self.url = url
+        urls = url.split(",") if isinstance(url, str) else list(url)
+        self.urls = [u.strip() for u in urls if u.strip()]
+        if not self.urls:
+            raise RemoteAuthError("RemoteGuard needs a guard URL: ws://host:port/v1/turns")
+        self.url = self.urls[0]  # the replica in use (or tried last)
         self._token = token if token is not None else (os.environ.get(WORKER_TOKEN_ENV) or None)
         self.connect_timeout_s = connect_timeout_s
         self.max_retries = max_retries
@@ -158,10 +166,13 @@ class RemoteGuard:
             if self._ws is not None and self._ws.state is State.OPEN:
                 return self._ws
             last = "no attempt made"
-            for attempt in range(self.max_retries + 1):
-                if attempt:
-                    bound = min(self.backoff_max_s, self.backoff_base_s * 2 ** (attempt - 1))
+            n, start = len(self.urls), self.urls.index(self.url)
+            for attempt in range((self.max_retries + 1) * n):
+                if attempt and attempt % n == 0:  # a whole round failed: back off
+                    rounds = attempt // n
+                    bound = min(self.backoff_max_s, self.backoff_base_s * 2 ** (rounds - 1))
                     await asyncio.sleep(random.uniform(0, bound))  # noqa: S311 - jitter, not crypto
+                self.url = self.urls[(start + attempt) % n]
                 try:
                     ws = await self._open()
                 except RemoteAuthError:
@@ -177,8 +188,9 @@ class RemoteGuard:
                 log.info("remote.connected", url=self.url, attempts=attempt + 1)
                 return ws
             raise RemoteGuardError(
-                f"cannot reach the guard server at {self.url} after {self.max_retries + 1} "
-                f"attempts ({last}); check that it runs and that the URL is right"
+                f"cannot reach the guard server at {', '.join(self.urls)} after "
+                f"{self.max_retries + 1} attempts each ({last}); check that it runs and that "
+                "the URL is right"
             )
 
     async def _open(self) -> ClientConnection:
@@ -258,7 +270,7 @@ class RemoteGuard:
     async def respond(self, turn: Turn) -> AsyncIterator[GuardEvent]:
         """Stream one turn's events from the server; closing the iterator sends turn.cancel."""
         turn_id = turn.turn_id
-        if not TURN_ID_RE.match(turn_id):
+        if not TURN_ID_RE.fullmatch(turn_id):
             yield TurnError(turn_id, "bad_request", "turn_id must be 1-64 of [A-Za-z0-9_.:-]")
             return
         if turn_id in self._turns:
@@ -269,6 +281,7 @@ class RemoteGuard:
             log.warning("remote.history_ignored", hint="the server keeps history per session_id")
         try:
             pcm, sample_format = _pcm(turn)
+            start = _start_message(turn, sample_format)
             ws = await self._connection()
         except GuardError as error:
             yield TurnError(turn_id, error.kind, str(error))
@@ -278,7 +291,7 @@ class RemoteGuard:
         finished = False
         try:
             try:
-                await self._send_turn(ws, turn, pcm, sample_format)
+                await self._send_turn(ws, turn.turn_id, start, pcm)
             except ConnectionClosed:
                 finished = True
                 yield TurnError(
@@ -307,28 +320,15 @@ class RemoteGuard:
             if not finished:
                 await self._cancel(in_flight.ws, turn_id)
 
-    async def _send_turn(
-        self, ws: ClientConnection, turn: Turn, pcm: bytes, sample_format: str
-    ) -> None:
-        start: dict[str, Any] = {
-            "type": "turn.start",
-            "turn_id": turn.turn_id,
-            "session_id": turn.session_id,
-            "context": dict(turn.context),
-            "sample_rate": turn.sample_rate,
-            "channels": turn.channels,
-            "format": sample_format,
-        }
-        if turn.max_new_tokens is not None:
-            start["max_new_tokens"] = turn.max_new_tokens
-        await ws.send(dumps(start))
+    async def _send_turn(self, ws: ClientConnection, turn_id: str, start: str, pcm: bytes) -> None:
+        await ws.send(start)
         limit = int(self.limits.get("max_message_bytes", self.chunk_bytes))
-        chunk = max(1024, min(self.chunk_bytes, limit - audio_frame_overhead(turn.turn_id)))
+        chunk = max(1024, min(self.chunk_bytes, limit - audio_frame_overhead(turn_id)))
         for offset in range(0, len(pcm), chunk):
-            await ws.send(encode_audio_frame(turn.turn_id, pcm[offset : offset + chunk]))
-        await ws.send(dumps({"type": "turn.end", "turn_id": turn.turn_id}))
+            await ws.send(encode_audio_frame(turn_id, pcm[offset : offset + chunk]))
+        await ws.send(dumps({"type": "turn.end", "turn_id": turn_id}))
         if self.on_turn_sent is not None:
-            self.on_turn_sent(turn.turn_id)
+            self.on_turn_sent(turn_id)
 
     async def _cancel(self, ws: ClientConnection, turn_id: str) -> None:
         """Best effort turn.cancel (barge-in); a dead connection has cancelled it already."""
@@ -337,6 +337,34 @@ class RemoteGuard:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(self.connect_timeout_s):
                 await ws.send(dumps({"type": "turn.cancel", "turn_id": turn_id}))
+
+
+def _start_message(turn: Turn, sample_format: str) -> str:
+    """The turn's ``turn.start`` frame; :class:`GuardError` for what JSON cannot carry.
+
+    NaN/Infinity and lone surrogates in the context or session id would make the frame
+    unencodable (or be refused by the server): the turn fails here, before any I/O.
+    """
+    start: dict[str, Any] = {
+        "type": "turn.start",
+        "turn_id": turn.turn_id,
+        "session_id": turn.session_id,
+        "context": dict(turn.context),
+        "sample_rate": turn.sample_rate,
+        "channels": turn.channels,
+        "format": sample_format,
+    }
+    if turn.max_new_tokens is not None:
+        start["max_new_tokens"] = turn.max_new_tokens
+    try:
+        text = dumps(start)
+        text.encode("utf-8")
+    except (ValueError, UnicodeEncodeError) as error:  # ValueError: NaN/Infinity
+        raise ProtocolError(
+            f"the turn's context or session_id cannot be sent ({error}): use finite numbers "
+            "and valid text"
+        ) from None
+    return text
 
 
 def _pcm(turn: Turn) -> tuple[bytes, str]:

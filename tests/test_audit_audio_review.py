@@ -37,9 +37,9 @@ from sarsteer_guard.audit.record import chain_hash
 from sarsteer_guard.audit.review import AccessEvent, ReviewLabel
 from sarsteer_guard.audit.streams import MemorySideStream
 from sarsteer_guard.cli import main
-from sarsteer_guard.console.testing import spoken_draft
 from sarsteer_guard.errors import AuditError
 from sarsteer_guard.testing.audit import CapturingAuditLog, sample_draft
+from sarsteer_guard.testing.console import spoken_draft
 from sarsteer_guard.testing.speech import espeak_available
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")

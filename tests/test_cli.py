@@ -154,3 +154,68 @@ def test_demo_json_shows_steering_flip(tmp_path: Path, capsys: pytest.CaptureFix
         assert row["steered"] == "I cannot assist with that."
         assert row["refused_steered"]
         assert not row["refused_unsteered"]
+
+
+# -- issue 10, item 24: an unwritable --out fails first, in one line ------------------
+@pytest.mark.parametrize("flag", ["--out", "--save-activations", "--plot"])
+@pytest.mark.parametrize("where", ["under-a-file", "a-folder"])
+def test_calibrate_unwritable_output_fails_before_any_model_work(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    flag: str,
+    where: str,
+) -> None:
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was opened before the output path was checked")
+
+    monkeypatch.setattr("sarsteer_guard.backends.open_backend", no_model)
+    (tmp_path / "file").write_text("x")
+    bad = tmp_path / "file" / "v.safetensors" if where == "under-a-file" else tmp_path
+    args = ["calibrate", "--out", str(tmp_path / "v.safetensors"), flag, str(bad)]
+    assert main(args) == 2
+    line = error_line(capsys)
+    assert f"cannot write {flag} {bad}" in line
+    assert "choose a writable path" in line
+    assert not (tmp_path / "v.safetensors").exists()
+
+
+def test_calibrate_unwritable_out_in_a_real_process_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "v.safetensors"
+    proc = subprocess.run(
+        [sys.executable, "-m", "sarsteer_guard", "calibrate", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        f"sarsteer-guard: error: cannot write --out {out} ({out.parent} is a file, not a folder): "
+        "choose a writable path"
+    ]
+
+
+@pytest.mark.parametrize("command", ["eval", "sweep", "dataset"])
+def test_eval_sweep_dataset_unwritable_out_is_one_line(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    def no_items(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work started before --out was checked")
+
+    monkeypatch.setattr("sarsteer_guard.evaluation.evaluate.load_items", no_items)
+    monkeypatch.setattr("sarsteer_guard.evaluation.datasets.read_dataset", no_items)
+    (tmp_path / "file").write_text("x")
+    out = tmp_path / "file" / "results"
+    harmful = str(CALIBRATION_DIR / "harmful.jsonl")
+    args = {
+        "eval": ["eval", "--harmful", harmful, "--out", str(out)],
+        "sweep": ["sweep", "--harmful", harmful, "--out", str(out)],
+        "dataset": ["dataset", "sorry-bench", harmful, "--out", str(out)],
+    }[command]
+    assert main(args) == 2
+    assert f"cannot write --out {out} ({out.parent} is a file, not a folder)" in error_line(capsys)

@@ -160,9 +160,21 @@ def test_build_guard_passes_the_options_to_the_guard(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr("sarsteer_guard.guard.core.Guard", fake_guard)
     assert isinstance(
-        build_guard(model=None, policy="p.yaml", audit="sqlite:///a.db"), ScriptedGuard
+        build_guard(model="tiny", policy="p.yaml", audit="sqlite:///a.db"), ScriptedGuard
     )
-    assert seen == [{"model": "tiny", "policy": "p.yaml", "store": None, "audit": "sqlite:///a.db"}]
+    assert seen == [
+        {
+            "model": "tiny",
+            "policy": "p.yaml",
+            "store": None,
+            "audit": "sqlite:///a.db",
+            "engine": "transformers",
+        }
+    ]
+    # Issue #10 item 23: no model is no longer the random test model but an error.
+    with pytest.raises(GuardOptionsError, match="model="):
+        build_guard(model=None, policy="p.yaml")
+    assert len(seen) == 1
 
 
 # -- turn_events -----------------------------------------------------------------------------

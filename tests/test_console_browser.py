@@ -31,8 +31,8 @@ from sarsteer_guard.audit.dsa import statement_problems
 from sarsteer_guard.audit.record import AuditRecord, Detection, chain_hash
 from sarsteer_guard.console.auth import TokenBook
 from sarsteer_guard.console.settings import ConsoleSettings
-from sarsteer_guard.console.testing import ConsoleThread, console_in_thread, spoken_draft
 from sarsteer_guard.testing.audit import sample_draft
+from sarsteer_guard.testing.console import ConsoleThread, console_in_thread, spoken_draft
 from sarsteer_guard.testing.speech import espeak_available
 
 if TYPE_CHECKING:

@@ -24,11 +24,11 @@ from sarsteer_guard.audit import ReviewLog, SqliteAuditLog
 from sarsteer_guard.audit.audio import audio_matches_record
 from sarsteer_guard.console.auth import TokenBook
 from sarsteer_guard.console.settings import ConsoleSettings
-from sarsteer_guard.console.testing import console_in_thread
 from sarsteer_guard.defaults import DEFAULT_BENIGN, DEFAULT_HARMFUL
 from sarsteer_guard.guard.core import Guard
 from sarsteer_guard.guard.events import Turn, TurnDecision
 from sarsteer_guard.manifest import load_manifest
+from sarsteer_guard.testing.console import console_in_thread
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext

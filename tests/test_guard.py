@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import textwrap
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -221,9 +222,11 @@ def test_barge_in_stops_generation_within_a_step(
 
 
 def test_fail_closed_and_fail_open_when_the_store_is_down(
-    tiny: Any, tmp_path: Path, speech: list[np.ndarray], run: Any
+    tiny: Any, tmp_path: Path, speech: list[np.ndarray], run: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     down = "redis://127.0.0.1:1/0"
+    # A valid key: without one the Guard refuses to start (issue #10 item 2).
+    monkeypatch.setenv("SARSTEER_VECTOR_KEY", secrets.token_hex(32))
 
     async def one(failure_mode: str) -> TurnDecision:
         guard = Guard(

@@ -344,4 +344,4 @@ def test_engines_are_chosen_by_name(tmp_path: Path, run: Any) -> None:
     with pytest.raises(GuardError, match="unknown engine 'nope'; use one of: fake-test"):
         open_backend("nope", "tiny")
     with pytest.raises(GuardError, match="unknown engine"):
-        Guard(engine="nope").load()
+        Guard("tiny", engine="nope").load()

@@ -177,3 +177,27 @@ def test_shipped_calibration_set_loads_and_decodes() -> None:
 def test_shipped_manifest_name_checked() -> None:
     with pytest.raises(ManifestError, match="'harmful' or 'benign'"):
         shipped_manifest("evil")
+
+
+def test_clip_longer_than_the_cap_is_refused_at_load_from_its_header(tmp_path: Path) -> None:
+    """A decompression bomb in a calibration manifest is named with its line, undecoded."""
+    long = tmp_path / "audio" / "long.flac"
+    long.parent.mkdir(parents=True)
+    sf.write(long, np.zeros(40 * 8000, dtype=np.float32), 8000)
+    write_clip(tmp_path / "audio" / "a.flac", 1)
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"audio": "audio/a.flac"}\n{"audio": "audio/long.flac"}\n')
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:2: audio file 'audio/long.flac' is 40.0 s long")
+    assert "at most 30 s" in message
+
+
+def test_clip_shorter_than_a_tenth_of_a_second_is_refused_at_load(tmp_path: Path) -> None:
+    blip = tmp_path / "blip.wav"
+    sf.write(blip, np.zeros(800, dtype=np.float32), 16000)
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"audio": "blip.wav"}\n')
+    with pytest.raises(ManifestError, match=r"m\.jsonl:1: audio file 'blip.wav' is 50 ms long"):
+        load_manifest(path)

@@ -119,8 +119,9 @@ def test_redis_persists_and_bot_uses_remote_guard(compose: dict[str, Any]) -> No
     assert any(v.endswith(":/data") for v in redis["volumes"])
     assert "redis-data" in compose["volumes"]
     bot = compose["services"]["bot"]
-    assert bot["environment"]["SARSTEER_REMOTE_URL"] == "ws://guard:8765/v1/turns"
-    assert bot["depends_on"]["guard"]["condition"] == "service_healthy"
+    # Issue 14: the bot reaches the guard replicas through the load balancer.
+    assert bot["environment"]["SARSTEER_REMOTE_URL"] == "ws://lb:8765/v1/turns"
+    assert bot["depends_on"]["lb"]["condition"] == "service_started"
 
 
 def test_dockerfile_runs_serve_as_non_root() -> None:

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -107,17 +108,25 @@ async def test_turn_streams_deltas_then_decision(
 
 
 async def test_base64_audio_and_float32(ws: ClientConnection, guard: ScriptedGuard) -> None:
+    # 16 kHz stereo float32 takes more bytes than the model's 16 kHz mono float32, so the
+    # server holds (and hands the guard) the downmix (issue 10 item 9; it passed through).
+    stereo = np.stack([np.full(4096, 0.25), np.full(4096, -0.75)], axis=1).astype("<f4")
     await start(ws, "b64", format="float32", channels=2)
     await ws.send(
         json.dumps(
-            {"type": "turn.audio", "turn_id": "b64", "audio_b64": base64.b64encode(PCM).decode()}
+            {
+                "type": "turn.audio",
+                "turn_id": "b64",
+                "audio_b64": base64.b64encode(stereo.tobytes()).decode(),
+            }
         )
     )
     await end(ws, "b64")
     assert (await until_final(ws, "b64"))[-1]["type"] == "decision"
-    assert guard.turns[0].audio == PCM
-    assert guard.turns[0].sample_format == "float32"
-    assert guard.turns[0].channels == 2
+    turn = guard.turns[0]
+    assert (turn.sample_format, turn.channels, turn.sample_rate) == ("float32", 1, 16000)
+    assert isinstance(turn.audio, bytes)
+    assert np.array_equal(np.frombuffer(turn.audio, "<f4"), np.full(4096, -0.25, "<f4"))
 
 
 async def test_interleaved_turns_on_one_connection(ws: ClientConnection) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from sarsteer_guard.server.settings import (
 from sarsteer_guard.server.testing import ServerThread, serve_in_thread
 from sarsteer_guard.testing.scripted import ScriptedGuard
 
-PCM = bytes(640)
+PCM = bytes(3200)  # 0.1 s at 16 kHz int16: the shortest clip accepted
 WORKER = "w" * 24 + "-worker"
 
 
@@ -130,7 +131,8 @@ def _serve_args(*extra: str) -> argparse.Namespace:
 def test_serve_cli_builds_the_new_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[ServerSettings] = []
 
-    def fake_run_server(app: Any, settings: ServerSettings) -> int:
+    def fake_run_server(app: Any, settings: ServerSettings, sock: socket.socket) -> int:
+        sock.close()  # bound by serve before the guard is built (issue 10 item 19)
         seen.append(settings)
         return 0
 

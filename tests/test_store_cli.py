@@ -60,7 +60,8 @@ def test_push_pull_list_verify(env: Path, capsys: pytest.CaptureFixture[str]) ->
     capsys.readouterr()
 
     assert run("vectors", "list", "--store", store, "--json") == 0
-    (info,) = json.loads(capsys.readouterr().out)
+    (line,) = capsys.readouterr().out.splitlines()  # one JSON object per set (item 21)
+    info = json.loads(line)
     assert (info["id"], info["model_id"], info["num_layers"], info["hidden_size"]) == (
         set_id,
         "tiny-audio",

@@ -6,11 +6,15 @@ model. Everything returns float32 mono in [-1, 1] and raises
 """
 
 from sarsteer_guard.audio.decode import (
+    MAX_STREAM_BYTES,
     SUPPORTED_FORMATS,
     decode_audio_bytes,
+    header_seconds,
     load_audio,
     read_audio,
+    read_audio_stream,
 )
+from sarsteer_guard.audio.limits import MAX_CLIP_S, MIN_CLIP_S, check_clip_length
 from sarsteer_guard.audio.pcm import (
     COMMON_RATES,
     MAX_RATE,
@@ -31,19 +35,25 @@ from sarsteer_guard.audio.vad import (
 
 __all__ = [
     "COMMON_RATES",
+    "MAX_CLIP_S",
     "MAX_RATE",
+    "MAX_STREAM_BYTES",
+    "MIN_CLIP_S",
     "MIN_RATE",
     "SUPPORTED_FORMATS",
     "VAD_RATE",
     "SegmenterSettings",
     "SpeechTurn",
     "TurnSegmenter",
+    "check_clip_length",
     "check_rate",
     "decode_audio_bytes",
     "float_to_pcm16",
+    "header_seconds",
     "load_audio",
     "pcm_to_float",
     "read_audio",
+    "read_audio_stream",
     "resample",
     "segment_audio",
     "to_mono_float",

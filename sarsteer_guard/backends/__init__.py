@@ -26,6 +26,7 @@ BackendFactory = Callable[..., "GenerationBackend"]
 
 _BUILTIN: dict[str, str] = {
     "transformers": "sarsteer_guard.backends.transformers:TransformersBackend",
+    "vllm": "sarsteer_guard.backends.vllm.backend:VllmBackend",
 }
 _registered: dict[str, BackendFactory | str] = dict(_BUILTIN)
 

@@ -16,12 +16,17 @@ import sys
 from collections.abc import Sequence
 
 from sarsteer_guard._version import __version__
+from sarsteer_guard.cli._common import Parser, show_defaults
 from sarsteer_guard.errors import GuardError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Build the parser with every command module's subcommands registered."""
-    parser = argparse.ArgumentParser(
+    """Build the parser with every command module's subcommands registered.
+
+    Every parser is a :class:`~._common.Parser` (subcommands inherit the class): no
+    option is ever matched by a prefix of its name.
+    """
+    parser = Parser(
         prog="sarsteer-guard",
         description="SARSteer refusal steering for audio-language models in voice pipelines.",
     )
@@ -34,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)
+    show_defaults(parser)  # every help shows its defaults (issue 10, item 21)
     return parser
 
 

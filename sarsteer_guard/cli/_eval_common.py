@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sarsteer_guard.cli._common import MODEL_HELP, STORE_HELP, check_writable
+
 if TYPE_CHECKING:
     from sarsteer_guard.evaluation.judges import Judge
     from sarsteer_guard.evaluation.runner import RunOptions
@@ -18,14 +20,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         default="tiny",
-        help="hub id, local directory, or a built-in (tiny, tiny-planted, ...)",
+        help=MODEL_HELP,
     )
     p.add_argument(
         "--engine", default="transformers", help="generation engine (default transformers)"
     )
-    p.add_argument(
-        "--store", default=None, help="vector store: redis://... or a directory (default cache)"
-    )
+    p.add_argument("--store", default=None, help=STORE_HELP)
 
 
 def add_data_args(p: argparse.ArgumentParser, *, validation: bool = False) -> None:
@@ -98,7 +98,12 @@ def add_run_args(p: argparse.ArgumentParser, *, default_out: str) -> None:
         help="greedy decoding (default, the reference's budget) or the checkpoint's own "
         "sampling settings",
     )
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_EVAL_MAX_NEW_TOKENS)
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=DEFAULT_EVAL_MAX_NEW_TOKENS,
+        help="longest answer per clip, in tokens",
+    )
     p.add_argument("--prompt", default=None, help="text sent with each clip (default: policy's)")
     p.add_argument(
         "--concurrency", type=int, default=16, help="turns in flight at once (default 16)"
@@ -138,6 +143,7 @@ def run_options(args: argparse.Namespace, *, vectors: Path | None = None) -> Run
         raise GuardError("--concurrency must be between 1 and 256")
     generation = Generation(mode=args.generation, max_new_tokens=args.max_new_tokens)
     generation.check()
+    check_writable(args.out, "--out", folder=True)
     return RunOptions(
         engine=args.engine,
         store=args.store,

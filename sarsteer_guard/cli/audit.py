@@ -18,13 +18,19 @@ import json
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from sarsteer_guard.cli._common import (
+    AUDIT_DEFAULT,
+    AUDIT_HELP,
+    DefaultsHelpFormatter,
+    DeprecatedAlias,
+)
 from sarsteer_guard.errors import AuditError, GuardError
 
 if TYPE_CHECKING:  # the audit stack (redis, sqlite) loads only when an audit command runs
@@ -521,40 +527,8 @@ def _until_unreadable(records: Iterator[AuditRecord], problems: list[str]) -> It
         problems.append(str(error))
 
 
-class _Help(argparse.HelpFormatter):
-    """Shows each option's default unless it is unset (None/False) or already in the text."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        text = action.help or ""
-        if (
-            "%(default)" in text
-            or not action.option_strings
-            or action.default in (None, False, argparse.SUPPRESS)
-        ):
-            return text
-        return f"{text} (default: %(default)s)"
-
-
-class _DeprecatedStore(argparse.Action):
-    """``--store`` in audit commands: still accepted, with a one-line note."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: str | Sequence[Any] | None,
-        option_string: str | None = None,
-    ) -> None:
-        print(
-            "sarsteer-guard: note: --store is deprecated in audit commands (elsewhere it names "
-            "the vector store); use --audit",
-            file=sys.stderr,
-        )
-        setattr(namespace, self.dest, values)
-
-
 def _parser_kwargs(help_text: str) -> dict[str, Any]:
-    return {"help": help_text, "allow_abbrev": False, "formatter_class": _Help}
+    return {"help": help_text, "allow_abbrev": False, "formatter_class": DefaultsHelpFormatter}
 
 
 def register(subparsers: Any) -> None:
@@ -564,11 +538,15 @@ def register(subparsers: Any) -> None:
         "--audit",
         metavar="URL",
         default=None,
-        help="audit log: sqlite:///relative.db, sqlite:////abs/path.db, a path or "
-        "redis://host:port/db?prefix=P (default: $SARSTEER_AUDIT_URL, else "
-        "~/.local/state/sarsteer-guard/audit.db)",
+        help=AUDIT_HELP + AUDIT_DEFAULT,
     )
-    store.add_argument("--store", dest="audit", action=_DeprecatedStore, help=argparse.SUPPRESS)
+    store.add_argument(
+        "--store",
+        dest="audit",
+        action=DeprecatedAlias,
+        replacement="--audit",
+        where=" in audit commands (elsewhere it names the vector store)",
+    )
     filters = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     filters.add_argument("--since", type=_when, help="from this time (ISO, or age like 7d, 24h)")
     filters.add_argument("--until", type=_when, help="before this time (ISO, or age)")
@@ -606,7 +584,7 @@ def _add_readers(
 
     p = sub.add_parser("show", parents=[store], **_parser_kwargs("show every field of one record"))
     p.add_argument("id", help="record id (or a unique prefix of at least 6 characters)")
-    p.add_argument("--json", action="store_true", help="the stored JSON form, one line")
+    p.add_argument("--json", action="store_true", help="the stored record as one JSON object")
     p.add_argument(
         "--audio-out",
         type=Path,

@@ -36,7 +36,7 @@ def add_serve(sub: Any, store: argparse.ArgumentParser, kwargs: dict[str, Any]) 
     """Register ``audit serve`` (``kwargs``: the audit group's parser settings)."""
     p = sub.add_parser("serve", parents=[store], **kwargs)
     p.add_argument("--host", default="127.0.0.1", help="interface (non-loopback needs tokens)")
-    p.add_argument("--port", type=int, default=8787)
+    p.add_argument("--port", type=int, default=8787, help="port to listen on")
     p.add_argument(
         "--token-file",
         type=Path,

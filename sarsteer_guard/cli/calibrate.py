@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sarsteer_guard.cli._common import MODEL_HELP, check_writable
+
 
 def register(subparsers: Any) -> None:
     """Add the ``calibrate`` command."""
@@ -28,7 +30,7 @@ def register(subparsers: Any) -> None:
         description="Capture last-position states for harmful and benign spoken turns, with and "
         "without the refusal instruction, and write the steering vectors (safetensors).",
     )
-    p.add_argument("--model", default="tiny", help="hub id, local directory, or a built-in: tiny")
+    p.add_argument("--model", default="tiny", help=MODEL_HELP)
     p.add_argument(
         "--engine", default="transformers", help="generation backend that runs the model"
     )
@@ -39,7 +41,11 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--lambda", dest="lam", type=float, default=DEFAULT_LAMBDA, help="projection strength"
     )
-    p.add_argument("--refusal-instruction", default=DEFAULT_REFUSAL_INSTRUCTION)
+    p.add_argument(
+        "--refusal-instruction",
+        default=DEFAULT_REFUSAL_INSTRUCTION,
+        help="text appended to the prompt for the refusing pass",
+    )
     p.add_argument(
         "--refusal-separator",
         default=DEFAULT_REFUSAL_SEPARATOR,
@@ -48,10 +54,16 @@ def register(subparsers: Any) -> None:
         "reference does; --refusal-separator ' ' gives the form used before it was recorded)",
     )
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="text prompt sent with each clip")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="clips per forward pass")
     p.add_argument("--text-only", action="store_true", help="calibrate on transcripts, no audio")
     p.add_argument("--limit", type=int, default=None, help="use only the first N turns of each set")
-    p.add_argument("--save-activations", type=Path, default=None, metavar="FILE")
+    p.add_argument(
+        "--save-activations",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="also write the captured states (safetensors), for plots and checks",
+    )
     p.add_argument(
         "--plot",
         type=Path,
@@ -72,6 +84,14 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 0 or args.batch_size < 1:
         raise GuardError("--k must be >= 0 and --batch-size >= 1")
+    outputs = (
+        ("--out", args.out),
+        ("--save-activations", args.save_activations),
+        ("--plot", args.plot),
+    )
+    for flag, path in outputs:
+        if path is not None:  # before the model loads: a typo must not cost a calibration
+            check_writable(path, flag)
     if args.plot is not None:
         from sarsteer_guard.report import require_matplotlib
 
@@ -94,10 +114,16 @@ def run(args: argparse.Namespace) -> int:
         refusal_separator=args.refusal_separator,
     )
     result = calibrate(backend, harmful, benign, config, progress=not args.no_progress)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result.vectors.save(args.out)
-    if args.save_activations is not None:
-        result.activations.save(args.save_activations)
+    try:  # checked at the start, but the disk can fill or the folder go meanwhile
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        result.vectors.save(args.out)
+        if args.save_activations is not None:
+            result.activations.save(args.save_activations)
+    except OSError as error:
+        raise GuardError(
+            f"cannot write the calibration result ({error.strerror or error}): "
+            "free space or choose another --out and run again"
+        ) from None
     if args.plot is not None:
         from sarsteer_guard.report.calibration_plot import plot_calibration
 

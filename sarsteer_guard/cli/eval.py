@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sarsteer_guard.cli._common import parse_context
+from sarsteer_guard.cli._common import add_context_option, check_writable, parse_context
 from sarsteer_guard.cli._eval_common import (
     add_calibration_args,
     add_data_args,
@@ -46,13 +46,7 @@ def register(subparsers: Any) -> None:
     add_data_args(p)
     g = p.add_argument_group("what is under test (a policy and context, or explicit numbers)")
     g.add_argument("--policy", type=Path, default=None, help="policy YAML to evaluate")
-    g.add_argument(
-        "--context",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="turn context for the policy's rules (repeatable), e.g. channel=kids",
-    )
+    add_context_option(g)
     g.add_argument("--alpha", type=float, default=None, help="steering strength (default 0.1)")
     g.add_argument("--lambda", dest="lam", type=float, default=None, help="default 1.0")
     g.add_argument("--k", type=int, default=None, help="benign directions removed (default 10)")
@@ -90,6 +84,8 @@ def run_dataset(args: argparse.Namespace) -> int:
     from sarsteer_guard.evaluation.datasets import read_dataset
     from sarsteer_guard.manifest import write_manifest
 
+    check_writable(args.out, "--out")
+
     items, skipped = read_dataset(
         args.format,
         args.source,
@@ -116,6 +112,7 @@ def _run(args: argparse.Namespace) -> int:
     from sarsteer_guard.evaluation.evaluate import calibration_overlap, load_items, run_evaluation
 
     _check_exclusive(args)
+    check_writable(args.out, "--out", folder=True)  # before items, judge or model load
     items, datasets = load_items(
         args.harmful,
         args.benign,

@@ -14,7 +14,7 @@ import json
 import sys
 from typing import Any
 
-from sarsteer_guard.cli._common import ContextValue, parse_context_item
+from sarsteer_guard.cli._common import ContextValue, DeprecatedAlias, parse_context_item
 from sarsteer_guard.errors import GuardError, PolicyError
 from sarsteer_guard.policy import (
     Explanation,
@@ -218,7 +218,7 @@ def register(subparsers: Any) -> None:
         metavar="KEY=VALUE",
         help="a context value of the turn; repeat for several",
     )
-    explain.add_argument("--json", action="store_true", help="print JSON")
+    explain.add_argument("--json", action="store_true", help="print one JSON object")
     explain.set_defaults(func=_explain)
 
     test = actions.add_parser(
@@ -234,5 +234,8 @@ def register(subparsers: Any) -> None:
         help="print the JSON Schema of policy files (for editor plugins)",
         description="Print the JSON Schema of the policy format, for YAML editor plugins.",
     )
-    schema.add_argument("--output", "-o", metavar="FILE", help="write to FILE instead of stdout")
+    schema.add_argument(
+        "--out", "-o", dest="output", metavar="FILE", help="write to FILE instead of stdout"
+    )
+    schema.add_argument("--output", dest="output", action=DeprecatedAlias, replacement="--out")
     schema.set_defaults(func=_schema)

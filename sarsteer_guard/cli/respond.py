@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sarsteer_guard.cli._common import parse_context
+from sarsteer_guard.cli._common import (
+    AUDIT_DEFAULT,
+    AUDIT_HELP,
+    MODEL_REQUIRED_HELP,
+    STORE_HELP,
+    parse_context,
+    require_model,
+)
 
 
 def register(subparsers: Any) -> None:
@@ -24,45 +31,72 @@ def register(subparsers: Any) -> None:
         "for the context, vectors come from --vectors or the store (calibrated on first use), "
         "and the answer is printed as text or JSON.",
     )
-    p.add_argument("--model", default="tiny", help="hub id, local directory, or a built-in: tiny")
+    p.add_argument("--model", default=None, help=MODEL_REQUIRED_HELP)
     p.add_argument(
         "--engine", default="transformers", help="generation backend that runs the model"
     )
-    p.add_argument("--audio", type=Path, required=True, help="WAV/FLAC/OGG/MP3, any rate")
+    p.add_argument(
+        "--audio",
+        type=Path,
+        required=True,
+        help="WAV/FLAC/OGG/MP3, any rate, 0.1-30 s; - reads the file from standard input",
+    )
     p.add_argument("--vectors", type=Path, default=None, help="vector file from `calibrate`")
     p.add_argument("--alpha", type=float, default=None, help="override the policy's alpha")
     p.add_argument("--prompt", default=None, help="text sent with the audio (default: policy's)")
     p.add_argument("--policy", type=Path, default=None, help="policy YAML (default: shipped)")
     p.add_argument(
         "--context",
+        "-c",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="turn context for policy rules (repeatable), e.g. channel=kids",
     )
-    p.add_argument("--store", default=None, help="vector store: redis://... or a directory")
-    p.add_argument("--audit", default=None, help="audit log: redis://..., sqlite:///... or path")
+    p.add_argument("--store", default=None, help=STORE_HELP)
+    p.add_argument("--audit", default=None, help=AUDIT_HELP + AUDIT_DEFAULT)
     p.add_argument("--session", default="cli", help="session id recorded with the turn")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS)
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument(
-        "--json", action="store_true", help="print JSON (one line per event with --stream)"
+        "--json",
+        action="store_true",
+        help="print one JSON object (--stream: one per line per event)",
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Validate inputs before loading anything heavy, then run one turn."""
-    from sarsteer_guard.audio.decode import read_audio
     from sarsteer_guard.errors import GuardError
 
+    require_model(args.model, "respond")
     if args.max_new_tokens < 1:
         raise GuardError("--max-new-tokens must be at least 1")
     if args.alpha is not None and not 0 <= args.alpha <= 10:
         raise GuardError("--alpha must be between 0 and 10 (0 turns steering off)")
     context = parse_context(args.context)
-    audio, rate = read_audio(args.audio)  # fail on bad audio before loading a model
+    audio, rate = _read_clip(args.audio)  # fail on bad audio before loading a model
     return asyncio.run(_respond(args, audio, rate, context))
+
+
+def _read_clip(path: Path) -> tuple[Any, int]:
+    """The clip as float32 mono at its own rate, within what the Guard accepts.
+
+    ``-`` reads standard input; anything else must be a regular file (a FIFO would
+    block forever). Files longer than the cap are refused from their header, and the
+    decoder never runs past it, so a small file claiming hours of audio costs nothing.
+    """
+    from sarsteer_guard.audio import MAX_CLIP_S, check_clip_length, read_audio, read_audio_stream
+
+    if str(path) == "-":
+        audio, rate = read_audio_stream(sys.stdin.buffer, name="<stdin>", max_seconds=MAX_CLIP_S)
+        name = "<stdin>"
+    else:
+        audio, rate = read_audio(path, max_seconds=MAX_CLIP_S)
+        name = str(path)
+    check_clip_length(audio.shape[0], rate, name=name, max_s=MAX_CLIP_S)
+    return audio, rate
 
 
 async def _respond(args: argparse.Namespace, audio: Any, rate: int, context: Any) -> int:

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sarsteer_guard.cli._common import (
+    AUDIT_DEFAULT,
+    AUDIT_HELP,
+    MODEL_REQUIRED_HELP,
+    STORE_HELP,
+    RefusedSecretFlag,
+    require_model,
+)
+
 if TYPE_CHECKING:
     from sarsteer_guard.guard.events import SpeechGuard
+    from sarsteer_guard.server.settings import ServerSettings
 
+#: Redis URL for per-session history shared by replicas (docs/realtime.md, "Fleet").
+HISTORY_URL_ENV = "SARSTEER_HISTORY_URL"
 #: Test-only switch (also ``--scripted``): serve a ScriptedGuard instead of a model.
 SCRIPTED_ENV = "SARSTEER_GUARD_SCRIPTED"
+#: Where a worker token comes from, for the refused ``--token`` flag.
+AUTH_HINT = "tokens come from SARSTEER_GUARD_TOKEN / SARSTEER_GUARD_READ_TOKEN or --token-file PATH"
 
 
 def _rate(text: str) -> float:
@@ -39,6 +54,13 @@ def register(subparsers: Any) -> None:
     _add_guard_options(p)
     _add_listen_options(p)
     _add_limit_options(p)
+    _add_audio_limit_options(p)
+    p.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default=None,
+        help="json (the default for serve, also SARSTEER_LOG_FORMAT) or text (readable lines)",
+    )
     # Test-only: a ScriptedGuard, so protocol tests need no model. Hidden on purpose.
     p.add_argument("--scripted", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--scripted-delay-s", type=float, default=0.01, help=argparse.SUPPRESS)
@@ -47,10 +69,11 @@ def register(subparsers: Any) -> None:
 
 
 def _add_guard_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="tiny", help="hub id, local directory, or a built-in: tiny")
+    p.add_argument("--model", default=None, help=MODEL_REQUIRED_HELP)
     p.add_argument("--policy", type=Path, default=None, help="policy YAML (hot reloaded)")
-    p.add_argument("--store", default=None, help="vector store URL (redis://... or a directory)")
-    p.add_argument("--audit", default=None, help="audit log URL (redis://..., sqlite:///...)")
+    p.add_argument("--store", default=None, help=STORE_HELP)
+    p.add_argument("--audit", default=None, help=AUDIT_HELP + AUDIT_DEFAULT)
+    p.add_argument("--engine", default="transformers", help="generation backend: transformers|vllm")
     p.add_argument("--max-batch-size", type=int, default=16, help="rows per generation batch")
     p.add_argument("--max-queue", type=int, default=64, help="turns allowed to wait")
 
@@ -63,6 +86,13 @@ def _add_listen_options(p: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="file with 'worker: TOKEN' / 'read: TOKEN' lines (or JSON), chmod 600",
+    )
+    p.add_argument(
+        "--token",
+        action=RefusedSecretFlag,
+        metavar="TOKEN",
+        hint=AUTH_HINT,
+        help="not accepted (the command line is visible in ps): " + AUTH_HINT,
     )
     p.add_argument(
         "--allow-origin",
@@ -111,6 +141,34 @@ def _add_limit_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_audio_limit_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--send-timeout-s",
+        type=float,
+        default=10.0,
+        help="deadline of each message sent; a client that stops reading is disconnected "
+        "(default 10)",
+    )
+    p.add_argument(
+        "--max-audio-mb",
+        type=float,
+        default=512.0,
+        help="audio all open turns may hold, in MiB at 16 kHz mono float32 (default 512)",
+    )
+    p.add_argument(
+        "--max-audio-mb-per-connection",
+        type=float,
+        default=64.0,
+        help="the same budget for one connection (default 64)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="open turn sockets; more handshakes get HTTP 503 (default 256)",
+    )
+
+
 def _guard(args: argparse.Namespace) -> SpeechGuard:
     if args.scripted or os.environ.get(SCRIPTED_ENV) == "1":
         from sarsteer_guard.log import get_logger
@@ -123,7 +181,7 @@ def _guard(args: argparse.Namespace) -> SpeechGuard:
         return scripted
     from sarsteer_guard.guard.core import Guard
 
-    return Guard(
+    guard = Guard(
         model=args.model,
         policy=args.policy,
         store=args.store,
@@ -131,11 +189,22 @@ def _guard(args: argparse.Namespace) -> SpeechGuard:
         max_batch_size=args.max_batch_size,
         max_queue=args.max_queue,
         max_turn_s=args.max_turn_s,
+        engine=args.engine,
     )
+    if history_url := os.environ.get(HISTORY_URL_ENV):  # replicas share session history
+        from sarsteer_guard.guard.history_redis import redis_history
+
+        guard.conversations = redis_history(history_url, like=guard.conversations)
+    return guard
 
 
 def run(args: argparse.Namespace) -> int:
-    """Check the settings, build the guard and the app, serve until SIGTERM."""
+    """Check the settings and bind the port, then build the guard and the app; serve.
+
+    Everything that can fail fast (settings, log format, a busy port) fails before the
+    model loads, with one line and exit 2.
+    """
+    _configure_logs(args.log_format)
     try:
         from sarsteer_guard.server.app import create_app
         from sarsteer_guard.server.runner import run_server
@@ -145,13 +214,38 @@ def run(args: argparse.Namespace) -> int:
         raise GuardError(
             f"the server needs {error.name}: pip install 'sarsteer-guard[server]'"
         ) from error
+    from sarsteer_guard.server.runner import bind_socket, client_url
+
+    scripted = args.scripted or os.environ.get(SCRIPTED_ENV) == "1"
+    if not scripted:
+        require_model(args.model, "serve")
+    settings = _settings(args)
+    settings.check()  # before loading a model: a bad setting should fail in milliseconds
+    sock = bind_socket(settings.host, settings.port)
+    settings = replace(settings, port=sock.getsockname()[1])  # --port 0 picks a free one
+    app = create_app(_guard(args), settings)
+    app.state.service.url = client_url(settings.host, settings.port)
+    return run_server(app, settings, sock)
+
+
+def _configure_logs(explicit: str | None) -> None:
+    from sarsteer_guard.errors import GuardError
+    from sarsteer_guard.log import configure_logging, resolve_format
+
+    try:
+        configure_logging(fmt=resolve_format(explicit, default="json"))
+    except ValueError as error:
+        raise GuardError(str(error)) from None
+
+
+def _settings(args: argparse.Namespace) -> ServerSettings:
     from sarsteer_guard.server.settings import (
         ServerSettings,
         load_allowed_origins,
         load_tokens,
     )
 
-    settings = ServerSettings(
+    return ServerSettings(
         host=args.host,
         port=args.port,
         tokens=load_tokens(args.token_file),
@@ -163,7 +257,8 @@ def run(args: argparse.Namespace) -> int:
         max_open_turns=args.max_open_turns,
         allowed_origins=load_allowed_origins(args.allow_origin),
         max_new_tokens_cap=args.max_new_tokens_cap,
+        send_timeout_s=args.send_timeout_s,
+        max_audio_mb=args.max_audio_mb,
+        max_audio_mb_per_connection=args.max_audio_mb_per_connection,
+        max_connections=args.max_connections,
     )
-    settings.check()  # before loading a model: a bad setting should fail in milliseconds
-    app = create_app(_guard(args), settings)
-    return run_server(app, settings)

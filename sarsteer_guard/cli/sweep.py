@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sarsteer_guard.cli._common import parse_context
+from sarsteer_guard.cli._common import add_context_option, parse_context
 from sarsteer_guard.cli._eval_common import (
     add_calibration_args,
     add_data_args,
@@ -57,12 +57,9 @@ def register(subparsers: Any) -> None:
         default=0.05,
         help="highest acceptable share of harmful requests answered (default 0.05 = 5%%)",
     )
-    p.add_argument(
-        "--context",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="the turns the recommendation is for, e.g. channel=kids: becomes the rule's "
+    add_context_option(
+        p,
+        "the turns the recommendation is for, e.g. channel=kids: becomes the rule's "
         "condition (without it the setting becomes the policy's defaults)",
     )
     add_judge_args(p)

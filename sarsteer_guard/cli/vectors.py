@@ -14,15 +14,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sarsteer_guard.cli._common import STORE_HELP
 from sarsteer_guard.errors import VectorIntegrityError, VectorsError
 
 if TYPE_CHECKING:
     from sarsteer_guard.store import BaseVectorStore
-
-_STORE_HELP = (
-    "store URL: redis://, rediss://, unix:// or a directory "
-    "(default $SARSTEER_STORE_URL, else ~/.cache/sarsteer-guard/vectors)"
-)
 
 
 def register(subparsers: Any) -> None:
@@ -34,22 +30,22 @@ def register(subparsers: Any) -> None:
 
     push = commands.add_parser("push", help="sign and store a vector-set file; prints its id")
     push.add_argument("file", type=Path, help="safetensors file written by SteeringVectors.save")
-    push.add_argument("--store", default=None, help=_STORE_HELP)
+    push.add_argument("--store", default=None, help=STORE_HELP)
     push.set_defaults(func=_push)
 
     pull = commands.add_parser("pull", help="verify a stored set and write it to a file")
     pull.add_argument("id", help="set id (see `vectors list`)")
-    pull.add_argument("--store", default=None, help=_STORE_HELP)
+    pull.add_argument("--store", default=None, help=STORE_HELP)
     pull.add_argument("--out", type=Path, required=True, help="file to write")
     pull.set_defaults(func=_pull)
 
     listing = commands.add_parser("list", help="describe stored sets")
-    listing.add_argument("--store", default=None, help=_STORE_HELP)
-    listing.add_argument("--json", action="store_true", help="one JSON array on stdout")
+    listing.add_argument("--store", default=None, help=STORE_HELP)
+    listing.add_argument("--json", action="store_true", help="one JSON object per line, per set")
     listing.set_defaults(func=_list)
 
     verify = commands.add_parser("verify", help="re-verify the signature of every stored set")
-    verify.add_argument("--store", default=None, help=_STORE_HELP)
+    verify.add_argument("--store", default=None, help=STORE_HELP)
     verify.set_defaults(func=_verify)
 
 
@@ -92,7 +88,8 @@ def _list(args: argparse.Namespace) -> int:
     with _open(args) as store:
         infos = store.list()
     if args.json:
-        print(json.dumps([info.to_dict() for info in infos], indent=2))
+        for info in infos:  # JSON lines, as `audit list --json`
+            print(json.dumps(info.to_dict()))
         return 0
     if not infos:
         print("no vector sets stored")

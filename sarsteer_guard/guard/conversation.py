@@ -48,8 +48,29 @@ class Exchange:
         return estimate_tokens(self.user) + estimate_tokens(self.assistant)
 
 
+def exchange_bytes(exchange: Exchange) -> int:
+    """Memory an exchange holds: its audio samples plus its reply text (UTF-8 upper bound)."""
+    audio = exchange.user.audio
+    return (0 if audio is None else int(audio.nbytes)) + 4 * len(exchange.assistant.text)
+
+
+@dataclass(slots=True)
+class _Session:
+    touched: float
+    exchanges: deque[Exchange]
+    bytes: int = 0
+
+
 class ConversationStore:
-    """Thread-safe histories for many sessions, least recently used evicted first."""
+    """Thread-safe histories for many sessions, least recently used evicted first.
+
+    Bounded four ways, because every exchange holds the user's audio (1.9 MiB for 30 s at
+    16 kHz float32) and a client may open a fresh session per turn: per session in
+    exchanges, estimated tokens and bytes (oldest exchanges dropped first), and across
+    sessions in count and in bytes (least recently used sessions dropped first), plus an
+    idle expiry. Invariant after every call: ``bytes <= max_bytes`` and no session holds
+    more than ``max_session_bytes``.
+    """
 
     def __init__(
         self,
@@ -58,28 +79,39 @@ class ConversationStore:
         max_tokens: int = 2048,
         max_sessions: int = 10_000,
         idle_expiry_s: float = 3600.0,
+        max_session_bytes: int = 8 * 1024 * 1024,
+        max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.max_exchanges = max(0, max_exchanges)
         self.max_tokens = max(0, max_tokens)
         self.max_sessions = max(1, max_sessions)
         self.idle_expiry_s = idle_expiry_s
-        self._sessions: OrderedDict[str, tuple[float, deque[Exchange]]] = OrderedDict()
+        self.max_session_bytes = max(0, max_session_bytes)
+        self.max_bytes = max(0, max_bytes)
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
+
+    @property
+    def bytes(self) -> int:
+        """Bytes of audio and text held across all sessions."""
+        with self._lock:
+            return self._bytes
 
     def history(self, session_id: str) -> list[HistoryItem]:
         """The session's retained exchanges, oldest first, as alternating items."""
         with self._lock:
             self._expire()
-            entry = self._sessions.get(session_id)
-            if entry is None:
+            session = self._sessions.get(session_id)
+            if session is None:
                 return []
             items: list[HistoryItem] = []
-            for exchange in entry[1]:
+            for exchange in session.exchanges:
                 items.extend((exchange.user, exchange.assistant))
             return items
 
     def append(self, session_id: str, user_audio: np.ndarray, rate: int, reply: str) -> None:
-        """Record a served exchange and trim the session to its budgets."""
+        """Record a served exchange and trim the session and the store to their budgets."""
         if self.max_exchanges == 0:
             return
         exchange = Exchange(
@@ -87,32 +119,58 @@ class ConversationStore:
             HistoryItem(role="assistant", text=reply),
         )
         with self._lock:
-            _, exchanges = self._sessions.pop(session_id, (0.0, deque()))
-            exchanges.append(exchange)
-            while len(exchanges) > self.max_exchanges:
-                exchanges.popleft()
-            while exchanges and sum(e.tokens for e in exchanges) > self.max_tokens:
-                exchanges.popleft()
-            self._sessions[session_id] = (time.monotonic(), exchanges)
-            while len(self._sessions) > self.max_sessions:
-                self._sessions.popitem(last=False)
+            self._expire()
+            session = self._sessions.pop(session_id, None) or _Session(0.0, deque())
+            session.touched = time.monotonic()
+            session.exchanges.append(exchange)
+            session.bytes += exchange_bytes(exchange)
+            self._bytes += exchange_bytes(exchange)
+            self._trim(session)
+            if session.exchanges:
+                self._sessions[session_id] = session
+            while self._sessions and (
+                len(self._sessions) > self.max_sessions or self._bytes > self.max_bytes
+            ):
+                self._drop(next(iter(self._sessions)))
+
+    def _trim(self, session: _Session) -> None:
+        """Drop the session's oldest exchanges until it fits its per-session budgets.
+
+        A session never holds more than the whole store may, so evicting the other
+        sessions always brings the store back under ``max_bytes``.
+        """
+        exchanges = session.exchanges
+        limit = min(self.max_session_bytes, self.max_bytes)
+        while exchanges and (
+            len(exchanges) > self.max_exchanges
+            or sum(e.tokens for e in exchanges) > self.max_tokens
+            or session.bytes > limit
+        ):
+            size = exchange_bytes(exchanges.popleft())
+            session.bytes -= size
+            self._bytes -= size
 
     def forget(self, session_id: str) -> None:
         """Drop a session's history (call end, user request)."""
         with self._lock:
-            self._sessions.pop(session_id, None)
+            self._drop(session_id)
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._sessions)
 
+    def _drop(self, session_id: str) -> None:
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            self._bytes -= session.bytes
+
     def _expire(self) -> None:
         cutoff = time.monotonic() - self.idle_expiry_s
         while self._sessions:
-            session_id, (touched, _) = next(iter(self._sessions.items()))
-            if touched >= cutoff:
+            session_id, session = next(iter(self._sessions.items()))
+            if session.touched >= cutoff:
                 break
-            del self._sessions[session_id]
+            self._drop(session_id)
 
 
 def turn_conversation(

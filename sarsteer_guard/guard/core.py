@@ -18,12 +18,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sarsteer_guard.errors import GuardError, one_line
+from sarsteer_guard.errors import GuardError, StoreUnavailableError, one_line
 from sarsteer_guard.guard import metrics
+from sarsteer_guard.guard.auditing import warn_unsalted_fields
 from sarsteer_guard.guard.backend import GenerationBackend, RowDelta, RowDone, RowFailed, RowHandle
 from sarsteer_guard.guard.conversation import ConversationStore, turn_conversation
+from sarsteer_guard.guard.edge import NORMALISED_FLAG, checked_turn
 from sarsteer_guard.guard.events import GuardEvent, TextDelta, Turn, TurnDecision, TurnError
 from sarsteer_guard.guard.gate import GateVerdict, RefusalGate
+from sarsteer_guard.guard.policy_fit import check_policy_fits
 from sarsteer_guard.guard.turn import (
     PreparedTurn,
     build_decision,
@@ -45,6 +48,13 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+#: The error when no model is named (the old default was the random ``tiny``).
+MODEL_REQUIRED = (
+    "no model given: pass model=<hub id or local directory> (e.g. "
+    "Qwen/Qwen2-Audio-7B-Instruct); the built-in test models (tiny, tiny-planted) guard "
+    "nothing and must be named explicitly"
+)
+
 
 class Guard:
     """Speech turns in, guarded streamed responses out.
@@ -53,8 +63,10 @@ class Guard:
     loads the model, the policy, the stores and the vectors the policy needs.
 
     Args:
-        model: hub id, local directory, ``"tiny"``, or an already loaded adapter (ignored
-            when ``engine`` is a backend object, which brings its own model).
+        model: hub id, local directory, or an already loaded adapter (ignored when ``engine``
+            is a backend object, which brings its own model). Required: there is no default,
+            so a bot that forgets it cannot end up guarding with a random test model; the
+            built-in test models (``"tiny"``, ``"tiny-planted"``) must be named explicitly.
         policy: a policy YAML path (hot reloaded) or a loaded policy; None = the
             shipped ``policies/default.yaml``.
         store: vector store URL (``redis://...`` or a directory); None = embedded default.
@@ -73,6 +85,10 @@ class Guard:
             many characters are known so a refusal can be replaced before it is spoken.
         turn_prompt: text sent with each user turn; None = the calibration prompt.
         history_turns / history_tokens: per-session conversation budget.
+        history_session_bytes / history_total_bytes: memory the kept history (user audio
+            and replies) may take per session and across all sessions; least recently
+            used sessions are dropped first, so clients that open a fresh session per
+            turn cannot grow the server's memory.
         vectors: a vector file path or ``SteeringVectors`` used for every turn instead of
             the store (experiments, the CLI's ``--vectors``); checked against the model.
         alpha: overrides the policy's alpha for every turn (experiments, ``--alpha``).
@@ -81,7 +97,7 @@ class Guard:
 
     def __init__(
         self,
-        model: str | AudioLanguageModel = "tiny",
+        model: str | AudioLanguageModel | None = None,
         policy: str | Path | Policy | None = None,
         store: str | Path | VectorStore | None = None,
         audit: str | Path | AuditLog | None = None,
@@ -98,12 +114,16 @@ class Guard:
         turn_prompt: str | None = None,
         history_turns: int = 8,
         history_tokens: int = 2048,
+        history_session_bytes: int = 8 * 1024 * 1024,
+        history_total_bytes: int = 256 * 1024 * 1024,
         watch_policy: bool = True,
         calibration_batch_size: int = 8,
         vectors: str | Path | SteeringVectors | None = None,
         alpha: float | None = None,
         progress: bool = False,
     ) -> None:
+        if model is None and isinstance(engine, str):
+            raise GuardError(MODEL_REQUIRED)
         self._model_spec = model
         self._policy_spec = policy
         self._store_spec = store
@@ -124,7 +144,10 @@ class Guard:
         self.alpha_override = alpha
         self.progress = progress
         self.conversations = ConversationStore(
-            max_exchanges=history_turns, max_tokens=history_tokens
+            max_exchanges=history_turns,
+            max_tokens=history_tokens,
+            max_session_bytes=history_session_bytes,
+            max_bytes=history_total_bytes,
         )
         #: The generation backend (the named one exists from ``load()`` on).
         self.engine: GenerationBackend | None = None if isinstance(engine, str) else engine
@@ -157,6 +180,8 @@ class Guard:
                 "or path> (e.g. Qwen/Qwen2-Audio-7B-Instruct) to guard real traffic",
             )
         self._load_policy()
+        check_policy_fits(self.policy, facts)  # before any store is opened: a config error
+        warn_unsalted_fields(self.policy)
         self._res = open_resources(
             engine,
             store=self._store_spec,
@@ -236,6 +261,15 @@ class Guard:
         return self._policy
 
     @property
+    def policy_watcher(self) -> PolicyWatcher | None:
+        """The hot-reload watcher (None: a policy object, or ``watch_policy=False``).
+
+        Its ``last_error`` says why the last edit was refused (invalid, for another model,
+        or impossible on the loaded one); ``check_now()`` checks the file at once.
+        """
+        return self._watcher
+
+    @property
     def model_facts(self) -> ModelFacts:
         """The served model's facts (from ``load()`` on; read once, they never change)."""
         return self._resources().facts
@@ -266,35 +300,48 @@ class Guard:
         if not isinstance(spec, str | Path):
             self._policy = spec
         elif self.watch_policy:
-            self._watcher = PolicyWatcher(Path(spec), on_change=self._on_policy_change)
+            self._watcher = PolicyWatcher(
+                Path(spec), on_change=self._on_policy_change, accept=self._accept_policy
+            )
             self._policy = self._watcher.current
         else:
             self._policy = load_policy(Path(spec))
 
-    def _prewarm_vectors(self, policy: Policy) -> None:
+    def _prewarm_vectors(self, policy: Policy, *, strict: bool = False) -> None:
         """Check layers and fetch or calibrate every vector set a policy can ask for.
 
         A rule naming a layer the model does not have raises :class:`PolicyError` here, at
-        start or reload, rather than failing every turn it matches.
+        start or reload, rather than failing every turn it matches. A vector set that
+        cannot be had is a warning at start (the policy's failure mode applies per turn);
+        with ``strict`` (a reload) it raises, unless the store is merely unreachable.
         """
-        num_layers = self.model_facts.num_layers
-        for decision in policy.possible_decisions():
-            decision.resolve_layers(num_layers)
-            decision.resolve_beta(num_layers)
+        check_policy_fits(policy, self.model_facts)
         requests = [d.vector_request for d in policy.possible_decisions() if d.alpha > 0]
         for request in dict.fromkeys(requests):
             try:
                 self._resources().vectors.get(request)
-            except Exception as error:  # the failure mode applies per turn; start goes on
+            except StoreUnavailableError as error:  # an outage, not a fault of the policy
+                log.warning("guard.vectors_unavailable_at_start", error=one_line(error))
+            except Exception as error:
+                if strict:
+                    raise
                 log.warning("guard.vectors_unavailable_at_start", error=one_line(error))
 
+    def _accept_policy(self, candidate: Policy) -> None:
+        """Runs on the watcher's thread before a reload is swapped in: raise to reject it.
+
+        The candidate must fit the loaded model (``model:``, layers) and its vector sets
+        must be ready, so the swap never puts a policy in force that would fail its turns;
+        a rejected edit leaves the last good policy in force and is logged with the reason.
+        """
+        if self._res is None:  # not loaded yet: load() checks the policy it starts with
+            return
+        self._prewarm_vectors(candidate, strict=True)
+
     def _on_policy_change(self, policy: Policy) -> None:
-        """Runs on the watcher's thread after a reload: vectors are ready before traffic."""
-        try:
-            self._prewarm_vectors(policy)
-            log.info("guard.policy_prewarmed", policy=policy.name, version=policy.version)
-        except Exception as error:  # the reload already happened; turns report per-turn errors
-            log.error("guard.policy_prewarm_failed", error=one_line(error))
+        """Runs on the watcher's thread after a reload (already checked and prewarmed)."""
+        warn_unsalted_fields(policy)
+        log.info("guard.policy_prewarmed", policy=policy.name, version=policy.version)
 
     def _resources(self) -> Resources:
         if self._res is None:
@@ -329,6 +376,7 @@ class Guard:
         """The policy's decision and the audio at the model's rate, or the turn's error."""
         submitted = time.perf_counter()
         try:
+            turn, repaired = checked_turn(turn)  # ids valid, context storable
             decision = self.policy.evaluate(dict(turn.context))
             if self.alpha_override is not None:
                 decision = dataclasses.replace(decision, alpha=self.alpha_override)
@@ -345,7 +393,10 @@ class Guard:
                 f"the turn could not be prepared ({type(error).__name__}: {one_line(error)}); "
                 "check its audio format and context values",
             )
-        return PreparedTurn(turn=turn, decision=decision, audio=audio, submitted=submitted)
+        flags = (NORMALISED_FLAG,) if repaired else ()
+        return PreparedTurn(
+            turn=turn, decision=decision, audio=audio, submitted=submitted, flags=flags
+        )
 
     async def _attach_vectors(self, prepared: PreparedTurn) -> PreparedTurn:
         """The turn with its vector set, or flagged for its policy's failure mode."""

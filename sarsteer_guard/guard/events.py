@@ -99,6 +99,18 @@ class TurnDecision:
     audit_id: str | None = None
     type: Literal["decision"] = "decision"
 
+    @property
+    def enforce_refused(self) -> bool:
+        """The policy's verdict: refused (enforce) or would have refused (shadow).
+
+        In shadow mode the listener got the unsteered answer (``refused`` describes that)
+        while a steered shadow row ran beside it; this is that row's verdict. Without a
+        shadow row (alpha 0, no vectors) enforce would have served the same answer.
+        """
+        if self.mode == "shadow" and self.shadow is not None and "refused" in self.shadow:
+            return self.shadow["refused"] is True
+        return self.refused
+
 
 @dataclass(frozen=True, slots=True)
 class TurnError:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from sarsteer_guard.steering import SteeringVectors
     from sarsteer_guard.store import VectorStore
 
-__all__ = ["Resources", "open_resources"]
+__all__ = ["Resources", "check_store_keys", "open_resources"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,13 @@ def open_resources(
 
     facts = engine.facts
     vector_store = _open_store(store)
+    if vectors is None:
+        check_store_keys(vector_store)
     audit_log = _open_audit_log(audit)
+    # Connects and, for a spooling log, replays what a crashed process left in its spool
+    # now rather than on the first record written (never raises for a backend that is
+    # merely down: the spool takes the records meanwhile).
+    audit_log.open()
     provider = VectorProvider(
         engine,
         vector_store,
@@ -74,6 +80,23 @@ def _open_store(spec: str | Path | VectorStore | None) -> VectorStore:
 
         return open_store(None if spec is None else str(spec))
     return spec
+
+
+def check_store_keys(store: VectorStore) -> None:
+    """Refuse a store whose signing key can never work (missing, malformed, too short).
+
+    Without this the key is read inside the first turn that needs vectors, and a Guard
+    that reported ready would answer every turn with a fail-closed refusal (or, under
+    ``fail_open``, unsteered). Stores that are not ours (test doubles) are not checked.
+
+    Raises:
+        SigningKeyError: with a one-line message that says how to set the key.
+    """
+    from sarsteer_guard.store import BaseVectorStore, CachedVectorStore
+
+    inner = store.inner if isinstance(store, CachedVectorStore) else store
+    if isinstance(inner, BaseVectorStore):
+        inner.check_keys()
 
 
 def _open_audit_log(spec: str | Path | AuditLog | None) -> AuditLog:

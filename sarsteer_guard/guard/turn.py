@@ -71,9 +71,9 @@ def turn_audio(turn: Turn, rate: int, *, max_s: float) -> np.ndarray:
     """The turn's audio as float32 mono at the model's ``rate`` (the audio front end).
 
     Raises:
-        AudioError: undecodable, empty, or longer than ``max_s`` seconds.
+        AudioError: undecodable, shorter than 0.1 s, or longer than ``max_s`` seconds.
     """
-    from sarsteer_guard.audio import pcm_to_float
+    from sarsteer_guard.audio import check_clip_length, pcm_to_float
 
     audio = pcm_to_float(
         turn.audio,
@@ -82,8 +82,7 @@ def turn_audio(turn: Turn, rate: int, *, max_s: float) -> np.ndarray:
         target_rate=rate,
         dtype=turn.sample_format,
     )
-    if audio.size == 0:
-        raise AudioError("the turn has no audio samples: send at least 0.1 s of speech")
+    check_clip_length(audio.shape[0], rate)  # too short for the model: refused here
     seconds = audio.shape[0] / rate
     if seconds > max_s:
         raise AudioError(

@@ -46,6 +46,7 @@ __all__ = [
     "REFUSAL_TEXT",
     "SHIPPED_MODELS",
     "SPECIAL_TOKENS",
+    "TINY_HEAD_DIM",
     "PlantedModel",
     "build_planted_model",
     "build_tiny_model",
@@ -114,6 +115,9 @@ _CORPUS = (
     "Describe this sound. Translate it to English. Summarize the question and answer it.",
     "yes no please thank you hello goodbye sorry okay first then next finally done",
 )
+
+#: Attention head size of the ``tiny`` model (one head; vLLM's attention kernels need >= 32).
+TINY_HEAD_DIM = 64
 
 #: Decoder layer whose attention writes the refusal direction (earlier layers carry nothing).
 PLANTED_LAYER = 1
@@ -215,6 +219,11 @@ def build_tiny_model(
     """
     processor = build_tiny_processor()
     config = tiny_config(processor.tokenizer)
+    text: Any = config.text_config
+    # One head of 64 (the width unchanged): a head size vLLM's kernels support, so ``tiny``
+    # runs on both engines. (``tiny-planted`` keeps 4 heads of 16: its construction needs them.)
+    text.num_attention_heads = text.num_key_value_heads = 1
+    text.head_dim = TINY_HEAD_DIM
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model: Any = Qwen2AudioForConditionalGeneration(config)

@@ -1,10 +1,11 @@
 """``load_model``: hub id, local directory or built-in name -> the right adapter.
 
-Built-in models (``tiny``, ``tiny-planted``) are written once with ``save_pretrained`` into a cache
-directory and then loaded through exactly the same ``from_pretrained`` path as a 7B checkpoint,
-so tests exercise the production loading code. ``tiny-trained`` (the trained model organism) is
-shipped as a checkpoint in the package, in the hub's weight layout, and read from there. The
-loader marks all of them ``is_test_model`` so that callers can warn about them without naming them.
+Built-in models (``tiny``, ``tiny-planted``) are written once in the hub's weight layout
+(:mod:`.hub_layout`, as real checkpoints are, so vLLM reads them too) into a cache directory and
+then loaded through exactly the same ``from_pretrained`` path as a 7B checkpoint, so tests
+exercise the production loading code. ``tiny-trained`` (the trained model organism) is shipped
+as a checkpoint in the package, in the hub's weight layout, and read from there. The loader
+marks all of them ``is_test_model`` so that callers can warn about them without naming them.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from sarsteer_guard.log import get_logger
 
 from .base import AudioLanguageModel
 from .generic import GenericAudioLM
+from .hub_layout import save_hub_layout
 from .qwen2_5_omni import Qwen2_5OmniThinkerLM
 from .qwen2_audio import Qwen2AudioLM
 
@@ -130,8 +132,7 @@ def ensure_builtin_model(name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         model, processor = builders[name]()
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        save_hub_layout(model, processor, tmp)  # as real checkpoints are: every engine reads it
         try:
             os.rename(tmp, final)
         except OSError:
@@ -161,11 +162,13 @@ def _builder_hash() -> str:
     import transformers
 
     from . import builtin as kit
+    from . import hub_layout
 
     digest = hashlib.sha256()
     for part in (__version__, transformers.__version__, tokenizers.__version__):
         digest.update(part.encode() + b"\0")
     digest.update(Path(kit.__file__).read_bytes())
+    digest.update(Path(hub_layout.__file__).read_bytes())  # how it is written
     return digest.hexdigest()[:12]
 
 

@@ -14,6 +14,7 @@ Mapping keys are always text (``10: 0.5`` has the key ``"10"``).
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,12 +23,18 @@ import yaml
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from sarsteer_guard.policy._yaml_errors import explain_syntax_error
+
 #: Largest policy file accepted; real policies are a few KiB.
 MAX_BYTES = 1 << 20
 #: Deepest nesting of lists and mappings; real policies need about 8.
 MAX_DEPTH = 40
 #: Most YAML nodes in one file; stops a flat megabyte of ``[1,1,1,...]`` early.
 MAX_NODES = 20_000
+#: Longest number literal accepted. Policy numbers are alphas, layers and days; Python
+#: refuses to convert integers of more than 4300 digits (a raw ``ValueError``), and
+#: floats beyond about 1e308 become infinity, so every numeric scalar is bounded here.
+MAX_NUMBER_CHARS = 64
 
 Path = tuple[str | int, ...]
 
@@ -147,6 +154,7 @@ _Loader.add_implicit_resolver(_NULL, re.compile(r"^(?:~|null|Null|NULL|)$"), ["~
 
 
 def _scalar(node: ScalarNode) -> Any:
+    """Convert one scalar; every conversion that can fail becomes a located ``YamlProblem``."""
     value: str = node.value
     if node.tag == _STR:
         return value
@@ -154,12 +162,24 @@ def _scalar(node: ScalarNode) -> Any:
         return None
     if node.tag == _BOOL:
         return value.lower() == "true"
-    if node.tag == _INT:
-        return int(value)
+    where = Location.of(node.start_mark)
+    if len(value) > MAX_NUMBER_CHARS:
+        raise YamlProblem(
+            where,
+            f"a number of {len(value)} characters is far beyond any policy value "
+            f"(at most {MAX_NUMBER_CHARS}); write a realistic number, or quote it if it is text",
+        )
     try:
-        return float(value)
-    except ValueError:
-        raise YamlProblem(Location.of(node.start_mark), f"{value!r} is not a number") from None
+        number = int(value) if node.tag == _INT else float(value)
+    except (ValueError, OverflowError):
+        raise YamlProblem(where, f"{_shorten(value)!r} is not a number") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise YamlProblem(where, f"{value} is too large for a number; write a realistic value")
+    return number
+
+
+def _shorten(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _describe_tag(tag: str) -> str:
@@ -209,20 +229,6 @@ def _convert(node: Node, path: Path, doc: Document) -> Any:
     raise YamlProblem(Location.of(node.start_mark), "unsupported YAML node")  # pragma: no cover
 
 
-_HINTS = {
-    "found character '\\t' that cannot start any token": (
-        "a tab character is used for indentation; YAML needs spaces"
-    ),
-    "mapping values are not allowed here": (
-        "a ':' is in an unexpected place; put quotes around text that contains ': '"
-        " or check the indentation"
-    ),
-    "expected a single document in the stream": (
-        "the file holds more than one YAML document (a second '---'); a policy is one document"
-    ),
-}
-
-
 def _location_at(text: str, position: int) -> Location:
     before = text[:position]
     return Location(before.count("\n") + 1, position - (before.rfind("\n") + 1) + 1)
@@ -252,13 +258,8 @@ def read_yaml(text: str) -> Document:
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as error:
-        problem = str(error.problem or "")
-        context = str(error.context or "")
-        hint = _HINTS.get(problem) or _HINTS.get(context)
-        if hint is None:
-            hint = f"{context}, {problem}" if context and problem else (problem or context)
-        mark = error.problem_mark or error.context_mark
-        raise YamlProblem(Location.of(mark), "YAML syntax error: " + hint) from None
+        line, column, hint = explain_syntax_error(text, error)
+        raise YamlProblem(Location(line + 1, column + 1), "YAML syntax error: " + hint) from None
     except RecursionError:  # pragma: no cover - MAX_DEPTH stops composition first
         raise YamlProblem(Location(1, 1), "the YAML is nested too deeply") from None
     finally:

@@ -43,6 +43,9 @@ _RANGE_WORDS = {
     "lt": ("below", "not below"),
     "lte": ("at most", "above"),
 }
+#: Range tests compare ints and floats natively: Python compares them exactly, whereas
+#: ``float(n)`` raises ``OverflowError`` for an integer beyond about 1e308 (context
+#: values come from clients, so any integer JSON carries can arrive here).
 _RANGE_TESTS: dict[str, Callable[[float, float], bool]] = {
     "gt": lambda a, b: a > b,
     "gte": lambda a, b: a >= b,
@@ -142,9 +145,9 @@ class Compare(Condition):
             return isinstance(actual, str) and any(
                 fnmatch.fnmatchcase(actual, p) for p in self.value
             )
-        if not _is_number(actual):
+        if isinstance(actual, bool) or not isinstance(actual, int | float):
             return False
-        return _RANGE_TESTS[op](float(actual), float(self.value))
+        return _RANGE_TESTS[op](actual, self.value)
 
     def explain(self, context: Context) -> tuple[bool, str]:  # noqa: D102 -- documented on Condition
         ok = self.matches(context)

@@ -25,12 +25,26 @@ MAX_LAYER = 1023
 _MAX_BETA = 10.0
 
 
+def _layer_number(digits: str, where: tuple[str | int, ...]) -> int:
+    """``int(digits)``, refusing runs of digits longer than any layer number.
+
+    Python refuses to convert more than 4300 digits (a raw ``ValueError``), so the
+    length is checked before converting.
+    """
+    if len(digits) > len(str(MAX_LAYER)):
+        raise LocatedValueError(
+            f"a layer number of {len(digits)} digits is beyond any model (at most {MAX_LAYER})",
+            where,
+        )
+    return int(digits)
+
+
 def _parse_range(item: Any, where: tuple[str | int, ...]) -> tuple[int, int]:
     if isinstance(item, int) and not isinstance(item, bool):
         start = end = item
     elif isinstance(item, str) and (m := _RANGE_RE.match(item)):
-        start = int(m.group(1))
-        end = int(m.group(2)) if m.group(2) is not None else start
+        start = _layer_number(m.group(1), where)
+        end = _layer_number(m.group(2), where) if m.group(2) is not None else start
     else:
         shown = f"'{item}'" if isinstance(item, str) else repr(item)
         raise LocatedValueError(

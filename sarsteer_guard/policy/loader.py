@@ -15,11 +15,13 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from sarsteer_guard.defaults import DEFAULT_ALPHA
 from sarsteer_guard.errors import PolicyError
 from sarsteer_guard.policy._yaml import MAX_BYTES, Document, Location, YamlProblem, read_yaml
 from sarsteer_guard.policy.conditions import LocatedValueError
 from sarsteer_guard.policy.model import Policy
-from sarsteer_guard.policy.sections import MIN_RECOMMENDED_RETENTION_DAYS
+from sarsteer_guard.policy.presets import PRESETS
+from sarsteer_guard.policy.sections import MIN_RECOMMENDED_RETENTION_DAYS, Steering
 
 ErrorPath = tuple[str | int, ...]
 _TOO_BIG = (
@@ -171,6 +173,34 @@ def _translate(error: ValidationError, doc: Document, source: str) -> PolicyLoad
 # --------------------------------------------------------------------------- warnings
 
 
+def _strong_alphas(policy: Policy) -> list[tuple[ErrorPath, str]]:
+    """Explicit alphas above the strict preset: valid (up to 10) but rarely what is meant.
+
+    The paper's setting is 0.1 and the strict preset twice that; a typo such as
+    ``alpha: 4`` for ``0.4`` steers 40 times harder and degrades benign answers.
+    """
+    strict = PRESETS["strict"].alpha
+    ceiling = max(strict, policy.max_alpha or 0.0)
+    sections: list[tuple[ErrorPath, Steering]] = [(("defaults",), policy.defaults)]
+    sections += [(("rules", i), rule) for i, rule in enumerate(policy.rules)]
+    out: list[tuple[ErrorPath, str]] = []
+    for path, section in sections:
+        alpha = section.alpha
+        if alpha is not None and alpha > ceiling:
+            out.append(((*path, "alpha"), _strong_alpha_message(alpha, ceiling, strict)))
+    return out
+
+
+def _strong_alpha_message(alpha: float, ceiling: float, strict: float) -> str:
+    limit = "the strict preset" if ceiling == strict else "max_alpha"
+    return (
+        f"alpha {alpha:g} is {alpha / DEFAULT_ALPHA:g}x the paper's {DEFAULT_ALPHA:g} and above "
+        f"{limit} ({ceiling:g}); steering this hard degrades benign answers too. The usual "
+        f"range is 0-{strict:g}: if {alpha:g} is meant (measure it with `sarsteer-guard eval`), "
+        f"set max_alpha: {alpha:g} at the top of the policy"
+    )
+
+
 def _warnings(policy: Policy, doc: Document, source: str) -> tuple[str, ...]:
     out: list[str] = []
 
@@ -190,6 +220,8 @@ def _warnings(policy: Policy, doc: Document, source: str) -> tuple[str, ...]:
                 f"retention_days is {days}; the EU AI Act asks deployers to keep logs at least "
                 f"six months ({MIN_RECOMMENDED_RETENTION_DAYS} days)",
             )
+    for path, message in _strong_alphas(policy):
+        warn(path, message)
     seen: dict[str, str] = {}
     for i, rule in enumerate(policy.rules):
         canonical = repr(rule.when.to_data())

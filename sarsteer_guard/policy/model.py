@@ -17,6 +17,7 @@ from sarsteer_guard.policy.decision import PolicyDecision, vector_key, vector_re
 from sarsteer_guard.policy.layers import BetaMap, LayerSelection
 from sarsteer_guard.policy.presets import DEFAULT_PRESET, PRESETS
 from sarsteer_guard.policy.sections import (
+    Alpha,
     Audit,
     Calibration,
     FailureMode,
@@ -86,6 +87,12 @@ class Policy(Section):
         description="Model this policy is meant for: a hub id or a pattern like Qwen/Qwen2-Audio-*."
     )
     calibration: Calibration
+    max_alpha: Alpha | None = Field(
+        None,
+        description="Highest alpha this policy means to use. Alphas above the strict preset "
+        "(0.2) are linted as warnings unless this is raised to cover them, so a typo such as "
+        "4 for 0.4 cannot pass `policy lint --strict`.",
+    )
     defaults: Steering = Field(default_factory=Steering)
     steer_positions: SteerPositions = Field(
         "last_and_generated",

@@ -53,6 +53,20 @@ def _stat(path: str) -> _Stat | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_dev)
 
 
+def _same_version_warning(old: Policy | None, new: Policy) -> str | None:
+    """A sentence when a reload changed the content but kept ``name@version``.
+
+    Auditors read ``name@version`` in every record; two different policies under one
+    label make the log ambiguous (the content hash still tells them apart).
+    """
+    if old is None or old.ref != new.ref or old.content_hash == new.content_hash:
+        return None
+    return (
+        f"the policy changed (sha256 {old.content_hash[:12]} -> {new.content_hash[:12]}) but "
+        f"is still {new.ref}; raise version: so audit records can tell the two apart"
+    )
+
+
 class PolicyWatcher:
     """Keeps ``.current`` equal to the last valid version of a policy file.
 
@@ -60,6 +74,9 @@ class PolicyWatcher:
         path: The policy file.
         on_change: Called with the new policy after each swap, from the watcher thread
             (asyncio code should hop with ``loop.call_soon_threadsafe``).
+        accept: Called with a valid candidate *before* it is swapped in (the Guard checks
+            it against the loaded model and prewarms its vectors); an exception rejects
+            the edit like invalid YAML: the last good policy stays in force.
         debounce_s: How long a changed file must stay unchanged before it is read,
             so a half-written save is not judged.
         poll_interval_s: Period of the hash check that catches changes without events.
@@ -70,6 +87,8 @@ class PolicyWatcher:
         reload_count: Valid edits swapped in since ``start()``.
         reject_count: Invalid edits refused (each distinct bad content counts once).
         last_error: The message of the last refused edit, or None.
+        last_warning: Set by a swap whose content changed but whose ``name@version`` did
+            not (also logged as ``policy.version_unchanged``); None after a clean swap.
     """
 
     def __init__(
@@ -80,15 +99,18 @@ class PolicyWatcher:
         poll_interval_s: float = 1.0,
         *,
         backend: Backend = "auto",
+        accept: Callable[[Policy], object] | None = None,
     ) -> None:
         self.path = os.fspath(path)
         self.on_change = on_change
+        self.accept = accept
         self.debounce_s = max(0.0, debounce_s)
         self.poll_interval_s = max(0.01, poll_interval_s)
         self.backend: Backend = backend
         self.reload_count = 0
         self.reject_count = 0
         self.last_error: str | None = None
+        self.last_warning: str | None = None
         self._policy: Policy | None = None
         self._digest: str | None = None
         self._stat: _Stat | None = None
@@ -192,12 +214,19 @@ class PolicyWatcher:
                 return False
             try:
                 policy = policy_from_bytes(data, source=self.path)
+                if self.accept is not None:
+                    self.accept(policy)
             except PolicyError as error:
                 return self._reject(str(error), getattr(error, "problems", None))
+            except Exception as error:  # a failed acceptance check rejects the edit too
+                return self._reject(f"{type(error).__name__}: {error}", None)
             old, self._policy = self._policy, policy
             self.reload_count += 1
             self.last_error = None
+            self.last_warning = warning = _same_version_warning(old, policy)
         POLICY_RELOADS.labels(result="swapped").inc()
+        if warning is not None:
+            _log.warning("policy.version_unchanged", path=self.path, detail=warning)
         _log.info(
             "policy.reloaded",
             path=self.path,

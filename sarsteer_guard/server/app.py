@@ -26,6 +26,7 @@ from sarsteer_guard.log import get_logger
 from sarsteer_guard.server.auth import metrics_refusal, websocket_refusal
 from sarsteer_guard.server.connection import TurnConnection
 from sarsteer_guard.server.protocol import TURNS_PATH
+from sarsteer_guard.server.realtime import REALTIME_PATH, RealtimeConnection
 from sarsteer_guard.server.service import GuardService
 from sarsteer_guard.server.settings import ServerSettings
 
@@ -75,6 +76,11 @@ def routes(service: GuardService) -> list[BaseRoute]:
         if await accept_websocket(websocket, service):
             await TurnConnection(websocket, service).run()
 
+    async def realtime(websocket: WebSocket) -> None:
+        if await accept_websocket(websocket, service):
+            model = websocket.query_params.get("model")
+            await RealtimeConnection(websocket, service, model).run()
+
     async def readyz(request: Request) -> Response:
         ready, reason = service.readiness()
         body = {
@@ -93,6 +99,7 @@ def routes(service: GuardService) -> list[BaseRoute]:
 
     return [
         WebSocketRoute(TURNS_PATH, turns),
+        WebSocketRoute(REALTIME_PATH, realtime),
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         Route("/metrics", metrics_endpoint),
@@ -113,8 +120,18 @@ async def accept_websocket(websocket: WebSocket, service: GuardService) -> bool:
     refusal = websocket_refusal(service.settings, websocket.headers)
     if refusal is None and service.draining:
         refusal = JSONResponse({"error": "shutting down: connect to another replica"}, 503)
+    limit = service.settings.max_connections
+    if refusal is None and service.connection_count() >= limit:
+        log.warning("server.connection_limit", max_connections=limit)
+        refusal = JSONResponse(
+            {"error": f"{limit} connections are open (--max-connections): retry shortly"}, 503
+        )
     if refusal is not None:
         await websocket.send_denial_response(refusal)
         return False
-    await websocket.accept()
+    service.accepting += 1
+    try:
+        await websocket.accept()
+    finally:
+        service.accepting -= 1  # the caller adds the connection before its next await
     return True

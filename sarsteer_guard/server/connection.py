@@ -13,20 +13,25 @@ most ``max_turn_s`` audio each, and ``_REJECTED_MEMORY`` remembered ids.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, assert_never
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from sarsteer_guard._version import __version__
+from sarsteer_guard.audio.limits import check_clip_length
+from sarsteer_guard.errors import AudioError
 from sarsteer_guard.guard.events import GuardEvent, Turn
+from sarsteer_guard.log import get_logger
 from sarsteer_guard.server import metrics
 from sarsteer_guard.server.auth import TokenBucket
+from sarsteer_guard.server.limits import MIB, ByteBudget, TurnAudio
 from sarsteer_guard.server.protocol import (
+    BYTES_PER_SAMPLE,
     CLOSE_GOING_AWAY,
+    CLOSE_INTERNAL_ERROR,
     PROTOCOL,
     AudioMsg,
     ProtocolError,
@@ -42,6 +47,8 @@ from sarsteer_guard.server.protocol import (
 from sarsteer_guard.server.service import GuardService
 from sarsteer_guard.server.settings import ServerSettings
 from sarsteer_guard.server.turns import CancelReason, RunningTurn, run_turn
+
+log = get_logger(__name__)
 
 #: Turn ids remembered after an early final error, so their late audio is dropped quietly.
 _REJECTED_MEMORY = 256
@@ -61,18 +68,19 @@ def hello_message(settings: ServerSettings) -> dict[str, Any]:
             "rate_limit_per_s": s.rate_limit_per_s,
             "max_open_turns": s.max_open_turns,
             "max_new_tokens": s.max_new_tokens_cap,
+            "max_audio_mb_per_connection": s.max_audio_mb_per_connection,
+            "send_timeout_s": s.send_timeout_s,
         },
     }
 
 
 @dataclass
 class _Collecting:
-    """A turn receiving audio."""
+    """A turn receiving audio: held at most at the model's size, ``limit`` bytes at most."""
 
     start: TurnStartMsg
+    audio: TurnAudio
     limit: int
-    chunks: list[bytes] = field(default_factory=list)
-    size: int = 0
 
 
 class TurnConnection:
@@ -92,7 +100,11 @@ class TurnConnection:
         self._default_session_used = False
         self._send_lock = asyncio.Lock()
         self._closed = False
+        self._aborted = False
         self._shutdown = False
+        self._receiver: asyncio.Task[None] | None = None
+        self.audio_budget = ByteBudget(int(self.settings.max_audio_mb_per_connection * MIB))
+        self._held: dict[str, int] = {}  # audio bytes charged per open turn
 
     @property
     def open_turns(self) -> int:
@@ -101,13 +113,27 @@ class TurnConnection:
 
     # -- sending (TurnOutput) ----------------------------------------------------------------
     async def send(self, message: dict[str, Any]) -> None:
-        """Send one JSON message; a gone peer just marks the connection closed."""
+        """Send one JSON message within ``send_timeout_s``; a gone peer marks the connection closed.
+
+        A client that stops reading fills the socket's buffers and a plain send would wait
+        forever, pinning the connection and its turns: past the deadline the connection is
+        aborted instead (turns cancelled, their memory freed).
+        """
         if self._closed:
             return
         text = dumps(message)
         async with self._send_lock:
+            if self._closed:
+                return
             try:
-                await self.ws.send_text(text)
+                async with asyncio.timeout(self.settings.send_timeout_s):
+                    await self.ws.send_text(text)
+            except TimeoutError:  # before OSError, its base class
+                metrics.ERRORS.labels(kind="client_not_reading").inc()
+                log.warning(
+                    "server.client_not_reading", send_timeout_s=self.settings.send_timeout_s
+                )
+                self._abort()
             except (WebSocketDisconnect, RuntimeError, OSError):
                 self._closed = True
 
@@ -126,15 +152,35 @@ class TurnConnection:
 
     # -- receiving ---------------------------------------------------------------------------
     async def run(self) -> None:
-        """Serve the connection until the peer closes it or the server drains."""
+        """Serve the connection until the peer closes it, the server drains, or it is aborted."""
         metrics.CONNECTIONS.inc()
         self.service.connections.add(self)
         try:
             await self.send(hello_message(self.settings))
-            with contextlib.suppress(WebSocketDisconnect):
-                await self._receive()
+            if self._closed:
+                return
+            self._receiver = asyncio.get_running_loop().create_task(self._receive())
+            try:
+                await self._receiver
+            except WebSocketDisconnect:
+                pass
+            except asyncio.CancelledError:
+                if not self._aborted:
+                    raise
         finally:
             await self._closed_by_peer()
+
+    def _abort(self) -> None:
+        """Give up on the socket now: stop reading; :meth:`run` then frees every turn.
+
+        For a client that stopped reading, nothing written reaches it any more (a close
+        frame neither), so nothing is sent: returning from the ASGI handler lets the
+        server drop the socket.
+        """
+        self._closed = True
+        self._aborted = True
+        if self._receiver is not None and not self._receiver.done():
+            self._receiver.cancel()
 
     async def _receive(self) -> None:
         while True:
@@ -150,6 +196,11 @@ class TurnConnection:
                 await self._handle(frame)
             except ProtocolError as error:
                 await self._protocol_error(error)
+            except Exception:
+                # A bug must not drop the socket without a close frame (clients see 1006).
+                log.exception("server.connection_failed")
+                await self._close(CLOSE_INTERNAL_ERROR, "internal error: reconnect")
+                return
 
     async def _handle(self, frame: str | bytes) -> None:
         message = parse_message(
@@ -174,9 +225,13 @@ class TurnConnection:
 
         One that cannot end a turn (no id, or the turn is generating or already ended)
         is sent connection-level, with a null ``turn_id``.
+        A failed ``turn.start`` ends the new turn it names (even an id rejected before: a
+        fresh start is a fresh turn), unless a turn of that id is open.
         """
         turn_id = error.turn_id
-        if turn_id is None or turn_id in self.running or turn_id in self.rejected:
+        is_open = turn_id in self.collecting or turn_id in self.running
+        ended = turn_id in self.rejected and not error.from_start
+        if turn_id is None or turn_id in self.running or ended or (is_open and error.from_start):
             await self.error(None, error.kind, str(error))
         else:
             await self._fail_turn(turn_id, error.kind, str(error))
@@ -194,9 +249,9 @@ class TurnConnection:
         if refusal is not None:
             await self._fail_turn(turn_id, *refusal)
             return
-        self.collecting[turn_id] = _Collecting(
-            start=start, limit=start.max_audio_bytes(self.settings.max_turn_s)
-        )
+        audio = TurnAudio(start.sample_rate, start.channels, start.sample_format)
+        limit = int(self.settings.max_turn_s * audio.bytes_per_s)
+        self.collecting[turn_id] = _Collecting(start=start, audio=audio, limit=limit)
         metrics.OPEN_TURNS.inc()
 
     def _admission_refusal(self) -> tuple[str, str] | None:
@@ -227,16 +282,48 @@ class TurnConnection:
             if turn_id in self.rejected or turn_id in self.running:
                 return  # late audio of a turn that already has its final message
             raise ProtocolError(f"audio for unknown turn_id {turn_id!r}: send turn.start first")
-        turn.size += len(pcm)
-        if turn.size > turn.limit:
-            await self._fail_turn(
-                turn_id,
-                "bad_request",
-                f"turn {turn_id} has more than {self.settings.max_turn_s:g} s of audio: end "
-                "turns sooner (segment speech into shorter turns)",
-            )
+        try:
+            held = turn.audio.convert(pcm)
+        except AudioError as error:
+            await self._fail_turn(turn_id, "bad_request", str(error))
             return
-        turn.chunks.append(pcm)
+        refusal = self._audio_refusal(turn_id, turn, len(held))
+        if refusal is not None:
+            await self._fail_turn(turn_id, *refusal)
+            return
+        self._charge_audio(turn_id, len(held))
+        turn.audio.add(held)
+
+    def _audio_refusal(self, turn_id: str, turn: _Collecting, size: int) -> tuple[str, str] | None:
+        """Why ``size`` more held bytes may not join ``turn``, as (kind, message); None if fine."""
+        s = self.settings
+        if turn.audio.size + size > turn.limit:
+            return "bad_request", (
+                f"turn {turn_id} has more than {s.max_turn_s:g} s of audio: end turns sooner "
+                "(segment speech into shorter turns)"
+            )
+        if not self.audio_budget.fits(size):
+            return "rate_limited", (
+                f"this connection's open turns hold {s.max_audio_mb_per_connection:g} MiB of "
+                "audio (--max-audio-mb-per-connection): end turns sooner or open fewer at once"
+            )
+        if not self.service.audio_budget.fits(size):
+            return "rate_limited", (
+                f"the server holds {s.max_audio_mb:g} MiB of audio (--max-audio-mb): retry the "
+                "turn shortly"
+            )
+        return None
+
+    def _charge_audio(self, turn_id: str, size: int) -> None:
+        self.audio_budget.take(size)
+        self.service.audio_budget.take(size)
+        self._held[turn_id] = self._held.get(turn_id, 0) + size
+
+    def _release_audio(self, turn_id: str) -> None:
+        """Give a turn's held audio back to the budgets (its final message is sent)."""
+        size = self._held.pop(turn_id, 0)
+        self.audio_budget.give(size)
+        self.service.audio_budget.give(size)
 
     async def _on_end(self, turn_id: str) -> None:
         collecting = self.collecting.pop(turn_id, None)
@@ -244,19 +331,31 @@ class TurnConnection:
             if turn_id in self.rejected:
                 return
             raise ProtocolError(f"turn.end for unknown turn_id {turn_id!r}: send turn.start first")
+        try:
+            turn = self._turn(collecting)
+        except AudioError as error:
+            self.collecting[turn_id] = collecting
+            await self._fail_turn(turn_id, "audio", str(error))
+            return
         if collecting.start.session_id == self.default_session_id:
             self._default_session_used = True
-        running = RunningTurn(turn=self._turn(collecting), ended_at=time.perf_counter())
+        running = RunningTurn(turn=turn, ended_at=time.perf_counter())
         self.running[turn_id] = running
         running.task = asyncio.get_running_loop().create_task(self._run_turn(running))
 
     def _turn(self, collecting: _Collecting) -> Turn:
         start = collecting.start
+        before = collecting.audio.size
+        audio, rate, channels, sample_format = collecting.audio.finish()
+        self._charge_audio(start.turn_id, collecting.audio.size - before)  # resampler's tail
+        # Refused here, before any model work, with the sentence the CLI and Guard use.
+        check_clip_length(len(audio) // (BYTES_PER_SAMPLE[sample_format] * channels), rate)
+        collecting.audio.chunks.clear()  # the joined copy is the only one from here on
         return Turn(
-            audio=b"".join(collecting.chunks),
-            sample_rate=start.sample_rate,
-            channels=start.channels,
-            sample_format=start.sample_format,
+            audio=audio,
+            sample_rate=rate,
+            channels=channels,
+            sample_format=sample_format,
             session_id=start.session_id,
             context=start.context,
             turn_id=start.turn_id,
@@ -266,6 +365,7 @@ class TurnConnection:
 
     async def _on_cancel(self, turn_id: str) -> None:
         if self.collecting.pop(turn_id, None) is not None:
+            self._release_audio(turn_id)
             self.service.turn_closed()
             self._reject(turn_id)
             metrics.TURNS.labels(outcome="cancelled").inc()
@@ -285,6 +385,7 @@ class TurnConnection:
         finally:
             # Nothing above may skip this: the drain counts on every turn being closed.
             self.running.pop(running.turn_id, None)
+            self._release_audio(running.turn_id)
             self.service.turn_closed()
             metrics.TURNS.labels(outcome=running.outcome).inc()
 
@@ -296,6 +397,7 @@ class TurnConnection:
     async def _fail_turn(self, turn_id: str, kind: str, message: str) -> None:
         """Final error for a turn that is not generating; its late audio is ignored."""
         if self.collecting.pop(turn_id, None) is not None:
+            self._release_audio(turn_id)
             self.service.turn_closed()
         self._reject(turn_id)
         metrics.TURNS.labels(outcome="error").inc()
@@ -312,7 +414,8 @@ class TurnConnection:
     async def _closed_by_peer(self) -> None:
         """The socket is gone: cancel its turns, forget its private session."""
         self._closed = True
-        for _ in range(len(self.collecting)):
+        for turn_id in list(self.collecting):
+            self._release_audio(turn_id)
             self.service.turn_closed()
         self.collecting.clear()
         await self._cancel_all("disconnect")
@@ -322,14 +425,32 @@ class TurnConnection:
         metrics.CONNECTIONS.dec()
 
     async def shutdown(self) -> None:
-        """End open turns (shutting_down) and close with 1001 so clients reconnect elsewhere."""
+        """End open turns (shutting_down) and close with 1001 so clients reconnect elsewhere.
+
+        Bounded: every send has its deadline, and a client that does not read past it is
+        aborted; the service also bounds the whole call (:meth:`abort`).
+        """
         self._shutdown = True
         for turn_id in list(self.collecting):
             await self._fail_turn(
                 turn_id, "shutting_down", "the server shut down before turn.end: retry the turn"
             )
         await self._cancel_all("shutdown")
-        if not self._closed:
-            self._closed = True
-            with contextlib.suppress(Exception):
-                await self.ws.close(code=CLOSE_GOING_AWAY, reason="server shutting down")
+        await self._close(CLOSE_GOING_AWAY, "server shutting down")
+
+    def abort(self) -> None:
+        """The drain's deadline passed: stop serving this socket now (its turns are freed)."""
+        self._abort()
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Send a close frame (within the send deadline, else abort) and stop reading."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            async with asyncio.timeout(self.settings.send_timeout_s):
+                await self.ws.close(code=code, reason=reason)
+        except TimeoutError:
+            self._abort()
+        except Exception:  # noqa: S110 - the peer is gone: nothing left to tell it
+            pass

@@ -33,14 +33,16 @@ from sarsteer_guard.guard.events import (
     TurnDecision,
     TurnError,
 )
+from sarsteer_guard.server.validation import clean_text, is_finite_number, load_json
 
 #: Protocol name and version; the path ``/v1/turns`` carries the same major version.
 PROTOCOL = "sarsteer.v1"
 #: WebSocket path of the turn protocol.
 TURNS_PATH = "/v1/turns"
 
-#: Turn ids: short, printable, safe to log and to put in a binary frame header.
-TURN_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+#: Turn ids: short, printable, safe to log and to put in a binary frame header. Anchored
+#: with ``\Z``, and matched with ``fullmatch``: ``$`` would accept a trailing newline.
+TURN_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 MAX_SESSION_ID_CHARS = 128
 MAX_CONTEXT_KEYS = 64
 MAX_CONTEXT_KEY_CHARS = 64
@@ -66,6 +68,8 @@ class ProtocolError(GuardError):
     def __init__(self, message: str, turn_id: str | None = None) -> None:
         super().__init__(message)
         self.turn_id = turn_id
+        #: Raised by a ``turn.start``: the error is that new turn's final message.
+        self.from_start = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +145,11 @@ def parse_message(
     message = parse_json(frame)
     kind = message["type"]
     if kind == "turn.start":
-        return parse_turn_start(message, default_session_id=default_session_id)
+        try:
+            return parse_turn_start(message, default_session_id=default_session_id)
+        except ProtocolError as error:
+            error.from_start = True
+            raise
     if kind == "turn.audio":
         return parse_audio_b64(message)
     if kind == "turn.end":
@@ -156,7 +164,7 @@ def parse_message(
 
 def _turn_id(message: Mapping[str, Any]) -> str:
     value = message.get("turn_id")
-    if not isinstance(value, str) or not TURN_ID_RE.match(value):
+    if not isinstance(value, str) or not TURN_ID_RE.fullmatch(value):
         raise ProtocolError(
             f"turn_id must be 1-64 characters of [A-Za-z0-9_.:-], got {_shown(value)}",
             turn_id=None,
@@ -170,13 +178,21 @@ def _shown(value: object) -> str:
 
 
 def parse_json(text: str) -> dict[str, Any]:
-    """Parse one text frame into a message object with a string ``type``."""
+    """Parse one text frame into a message object with a string ``type``.
+
+    Raises only :class:`ProtocolError`, whatever the frame holds (see
+    :func:`~.validation.load_json` for the bounds on nesting and integers).
+    """
     try:
-        message = json.loads(text)
+        message = load_json(text)
     except json.JSONDecodeError as error:
         raise ProtocolError(
             f"malformed JSON at line {error.lineno} column {error.colno}: send one JSON object "
             "per text frame"
+        ) from None
+    except ValueError as error:
+        raise ProtocolError(
+            f"refused JSON: {error}; send one small JSON object per frame"
         ) from None
     if not isinstance(message, dict):
         raise ProtocolError("a text frame must hold a JSON object with a 'type' field")
@@ -219,7 +235,10 @@ def _session_id(message: Mapping[str, Any], turn_id: str, default: str | None) -
         raise ProtocolError(
             f"session_id must be a string of 1-{MAX_SESSION_ID_CHARS} characters", turn_id
         )
-    return session_id
+    try:
+        return clean_text(session_id, identifier=True)
+    except ValueError as error:
+        raise ProtocolError(f"session_id {error}: send printable text", turn_id) from None
 
 
 def _context(message: Mapping[str, Any], turn_id: str) -> dict[str, ContextValue]:
@@ -230,22 +249,45 @@ def _context(message: Mapping[str, Any], turn_id: str) -> dict[str, ContextValue
         )
     clean: dict[str, ContextValue] = {}
     for key, value in context.items():
-        if len(key) > MAX_CONTEXT_KEY_CHARS:
-            raise ProtocolError(
-                f"context key {key[:20]!r}... is longer than {MAX_CONTEXT_KEY_CHARS} characters",
-                turn_id,
-            )
-        if not isinstance(value, str | int | float | bool):
-            raise ProtocolError(
-                f"context[{key!r}] must be a string, number or boolean, not {type(value).__name__}",
-                turn_id,
-            )
-        if isinstance(value, str) and len(value) > MAX_CONTEXT_STR_CHARS:
-            raise ProtocolError(
-                f"context[{key!r}] is longer than {MAX_CONTEXT_STR_CHARS} characters", turn_id
-            )
-        clean[key] = value
+        name = _context_key(key, turn_id)
+        clean[name] = _context_value(name, value, turn_id)
     return clean
+
+
+def _context_key(key: str, turn_id: str) -> str:
+    if len(key) > MAX_CONTEXT_KEY_CHARS:
+        raise ProtocolError(
+            f"context key {_shown(key[:20])}... is longer than {MAX_CONTEXT_KEY_CHARS} characters",
+            turn_id,
+        )
+    try:
+        return clean_text(key)
+    except ValueError as error:
+        raise ProtocolError(f"context key {_shown(key)} {error}", turn_id) from None
+
+
+def _context_value(name: str, value: object, turn_id: str) -> ContextValue:
+    """One context value, checked (type, size, finite) and its text normalised (NFC)."""
+    if not isinstance(value, str | int | float | bool):
+        raise ProtocolError(
+            f"context[{name!r}] must be a string, number or boolean, not {type(value).__name__}",
+            turn_id,
+        )
+    if not is_finite_number(value):
+        raise ProtocolError(
+            f"context[{name!r}] is {value}: send a finite number (JSON has no NaN or Infinity)",
+            turn_id,
+        )
+    if not isinstance(value, str):
+        return value
+    if len(value) > MAX_CONTEXT_STR_CHARS:
+        raise ProtocolError(
+            f"context[{name!r}] is longer than {MAX_CONTEXT_STR_CHARS} characters", turn_id
+        )
+    try:
+        return clean_text(value)
+    except ValueError as error:
+        raise ProtocolError(f"context[{name!r}] {error}: send valid text", turn_id) from None
 
 
 def _int_field(message: Mapping[str, Any], name: str, default: int, turn_id: str) -> int:
@@ -313,7 +355,7 @@ def parse_audio_frame(frame: bytes) -> AudioMsg:
         turn_id = raw.decode("ascii")
     except UnicodeDecodeError:
         turn_id = ""
-    if size == 0 or len(raw) != size or not TURN_ID_RE.match(turn_id):
+    if size == 0 or len(raw) != size or not TURN_ID_RE.fullmatch(turn_id):
         raise ProtocolError(
             "binary frame header is invalid: send <1 byte id length><ASCII turn_id><PCM bytes>"
         )

@@ -18,8 +18,9 @@ import uvicorn
 from starlette.applications import Starlette
 
 from sarsteer_guard.log import get_logger
+from sarsteer_guard.server.protocol import TURNS_PATH
 from sarsteer_guard.server.service import GuardService
-from sarsteer_guard.server.settings import ServerSettings
+from sarsteer_guard.server.settings import ServerConfigError, ServerSettings
 
 log = get_logger(__name__)
 
@@ -81,11 +82,45 @@ class GracefulServer(uvicorn.Server):
         self.should_exit = True
 
 
-def run_server(app: Starlette, settings: ServerSettings) -> int:
-    """Serve ``app`` until a signal; returns the process exit code."""
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port``, or :class:`ServerConfigError` in one line.
+
+    Bound before the model loads, so a busy port fails in milliseconds (exit 2) instead
+    of after minutes of loading; uvicorn then serves on this very socket.
+    """
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as error:
+        sock.close()
+        reason = error.strerror or type(error).__name__
+        raise ServerConfigError(
+            f"cannot listen on {host}:{port}: {reason}; stop what uses the port or pick "
+            "another with --port"
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def client_url(host: str, port: int) -> str:
+    """The URL voice workers connect to (a wildcard host names this machine instead)."""
+    if host in ("0.0.0.0", "::", "[::]", ""):  # noqa: S104 - naming it, not binding it
+        host = socket.gethostname()
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"ws://{host}:{port}{TURNS_PATH}"
+
+
+def run_server(app: Starlette, settings: ServerSettings, sock: socket.socket | None = None) -> int:
+    """Serve ``app`` (on ``sock`` when given, see :func:`bind_socket`) until a signal.
+
+    Returns the process exit code.
+    """
     service: GuardService = app.state.service
     server = GracefulServer(uvicorn_config(app, settings), service)
     service.on_fatal = server.stop_fatally
     log.info("server.listening", host=settings.host, port=settings.port)
-    server.run()
+    server.run(sockets=None if sock is None else [sock])
     return 1 if server.fatal is not None else 0

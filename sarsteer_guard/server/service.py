@@ -19,9 +19,14 @@ from sarsteer_guard.errors import one_line
 from sarsteer_guard.guard.events import SpeechGuard
 from sarsteer_guard.log import get_logger
 from sarsteer_guard.server import metrics
+from sarsteer_guard.server.limits import MIB, ByteBudget
 from sarsteer_guard.server.settings import ServerSettings
 
 log = get_logger(__name__)
+
+#: After the grace period, how long the drain gives connections to send their final
+#: messages and close frames before it cuts them.
+DRAIN_CLOSE_S = 1.0
 
 
 class Connection(Protocol):
@@ -34,6 +39,9 @@ class Connection(Protocol):
 
     async def shutdown(self) -> None:
         """End the connection's open turns and close it (the drain deadline passed)."""
+
+    # Optional: ``abort() -> None``, stop serving at once and free the turns (called when
+    # shutdown overruns the drain's deadline; a connection without it is left to uvicorn).
 
 
 class GuardService:
@@ -53,6 +61,8 @@ class GuardService:
         self.guard = guard
         self.settings = settings
         self.on_fatal = on_fatal
+        #: The URL clients connect to, logged once the guard is ready (set by the runner).
+        self.url: str | None = None
         self.connections: set[Connection] = set()
         self.started = False
         self.start_error: str | None = None
@@ -61,6 +71,10 @@ class GuardService:
         self._drain_task: asyncio.Task[None] | None = None
         self._turn_closed = asyncio.Event()
         self._closed = False
+        #: Audio held by every connection's open turns (see :mod:`.limits`).
+        self.audio_budget = ByteBudget(int(settings.max_audio_mb * MIB))
+        #: Handshakes accepted but not yet in ``connections`` (for ``max_connections``).
+        self.accepting = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
     def begin_start(self) -> None:
@@ -79,7 +93,11 @@ class GuardService:
                 self.on_fatal(self.start_error)
             return
         self.started = True
-        log.info("server.guard_ready", seconds=round(time.perf_counter() - started, 2))
+        log.info(
+            "server.guard_ready",
+            seconds=round(time.perf_counter() - started, 2),
+            url=self.url,
+        )
 
     async def close(self) -> None:
         """Drain (if not yet), then close the guard, which flushes its audit spool."""
@@ -115,6 +133,10 @@ class GuardService:
         """Turns receiving audio or generating, across connections."""
         return sum(c.open_turns for c in self.connections)
 
+    def connection_count(self) -> int:
+        """Sockets served or being accepted (checked against ``max_connections``)."""
+        return len(self.connections) + self.accepting
+
     def forget_session(self, session_id: str) -> None:
         """Drop a session's conversation history (a connection's private session ended)."""
         try:
@@ -145,7 +167,18 @@ class GuardService:
         left = self.open_turns()
         if left:
             log.warning("server.drain_deadline", cancelled_turns=left)
-        await asyncio.gather(*(c.shutdown() for c in list(self.connections)))
+        connections = list(self.connections)
+        try:
+            # Final messages and close frames get a short, fixed time: the drain ends at
+            # its grace deadline whatever the clients do (one that does not read is cut).
+            async with asyncio.timeout(DRAIN_CLOSE_S):
+                await asyncio.gather(*(c.shutdown() for c in connections))
+        except TimeoutError:
+            log.warning("server.drain_close_overran", seconds=DRAIN_CLOSE_S)
+            for connection in connections:
+                abort = getattr(connection, "abort", None)
+                if callable(abort):
+                    abort()
         log.info("server.drained")
 
     async def _wait_for_open_turns(self, grace_s: float) -> None:

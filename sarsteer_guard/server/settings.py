@@ -235,6 +235,12 @@ class ServerSettings:
             non-browser client) are unaffected. Normalised on construction.
         max_new_tokens_cap: a turn's ``max_new_tokens`` above this is lowered to it (one
             long turn holds its whole generation batch on the GPU).
+        send_timeout_s: deadline of every message the server sends; a client that has not
+            taken a message by then stopped reading, and its connection is cut (turns freed).
+        max_audio_mb: audio (after conversion to 16 kHz mono) all connections together may
+            hold, in MiB; a turn that would pass it ends with ``rate_limited``.
+        max_audio_mb_per_connection: the same budget for one connection.
+        max_connections: open turn sockets; the next handshake gets HTTP 503.
     """
 
     host: str = "127.0.0.1"
@@ -248,6 +254,10 @@ class ServerSettings:
     max_open_turns: int = 64
     allowed_origins: tuple[str, ...] = ()
     max_new_tokens_cap: int = DEFAULT_MAX_NEW_TOKENS_CAP
+    send_timeout_s: float = 10.0
+    max_audio_mb: float = 512.0
+    max_audio_mb_per_connection: float = 64.0
+    max_connections: int = 256
 
     def __post_init__(self) -> None:
         normalized = tuple(dict.fromkeys(normalize_origin(o) for o in self.allowed_origins))
@@ -280,6 +290,10 @@ class ServerSettings:
         positive = {
             "--max-turn-s": self.max_turn_s,
             "--turn-timeout-s": self.turn_timeout_s,
+            "--send-timeout-s": self.send_timeout_s,
+            "--max-audio-mb": self.max_audio_mb,
+            "--max-audio-mb-per-connection": self.max_audio_mb_per_connection,
+            "--max-connections": self.max_connections,
         }
         for flag, value in positive.items():
             if value <= 0:

@@ -56,6 +56,11 @@ class RunningTurn:
     ``ended_at`` is ``time.perf_counter()`` when the client ended the turn (the start of
     the end-to-first-token latency). ``final_sent`` turns cancelling into a no-op: a
     cancel that crosses the final message on the wire gets no second final message.
+
+    ``started`` is set by :func:`run_turn` in the task's first step. A task cancelled
+    before that step would die without running its ``try/finally`` (no final message,
+    the turn never closed), so :meth:`cancel` only records the reason for a task that
+    has not started, and :func:`run_turn` reports it when the task begins.
     """
 
     turn: Turn
@@ -63,6 +68,7 @@ class RunningTurn:
     task: asyncio.Task[None] | None = None
     cancel_reason: CancelReason | None = None
     final_sent: bool = False
+    started: bool = False
     outcome: Outcome = "error"
 
     @property
@@ -72,10 +78,11 @@ class RunningTurn:
 
     def cancel(self, reason: CancelReason) -> bool:
         """Cancel the task once, unless the turn already has its final message."""
-        if self.task is None or self.cancel_reason is not None or self.final_sent:
+        if self.cancel_reason is not None or self.final_sent:
             return False
         self.cancel_reason = reason
-        self.task.cancel()
+        if self.task is not None and self.started:
+            self.task.cancel()
         return True
 
 
@@ -85,8 +92,13 @@ async def run_turn(
     """Stream ``running.turn``'s events to ``output``; sets ``running.outcome``.
 
     Raises only a cancellation that is not the server's own (the event loop stopping).
+    Call it first thing in the turn's task (see :attr:`RunningTurn.started`).
     """
     turn_id = running.turn_id
+    running.started = True
+    if running.cancel_reason is not None:  # cancelled before the task's first step
+        await _report_cancel(running, output)
+        return
     try:
         await _stream(guard, running, output, timeout_s)
     except TimeoutError:

@@ -257,6 +257,19 @@ class BaseVectorStore(ABC):
         """Release connections and handles; idempotent."""
 
     # --- the contract ----------------------------------------------------------------
+    def check_keys(self) -> None:
+        """Resolve the signing keys now, so a key that can never work stops a start.
+
+        Keys are otherwise resolved on first use, i.e. inside the first turn that needs
+        vectors, where a missing or malformed ``SARSTEER_VECTOR_KEY`` would only show as
+        a fail-closed refusal on every turn. No connection is made.
+
+        Raises:
+            SigningKeyError: the key is missing (stores that require one), not hex or
+                base64, too short, or the key file is unusable.
+        """
+        self._signing_keys()
+
     def put(self, blob: bytes) -> VectorSetKey:
         """Validate, sign and store a blob; overwrites a set with the same key.
 

@@ -68,7 +68,8 @@ class SigningKey:
             raise SigningKeyError(
                 f"signing key from {self.source} is {len(self.secret)} bytes, need "
                 f"{MIN_KEY_BYTES}+: generate one with "
-                "`python -c 'import secrets; print(secrets.token_hex(32))'`"
+                "`python -c 'import secrets; print(secrets.token_hex(32))'` and set "
+                f"{ENV_KEY} to it"
             )
 
     @property

@@ -2,8 +2,8 @@
 
 Hooks registered after vLLM has compiled the text model (here: when the engine attaches, as
 plugins that add hooks over ``collective_rpc`` do) run in eager mode but compiled code ignores
-them, which silently dropped steering in vLLM's default (compiled) mode. Tests register this
-class (``SARSTEER_VLLM_MODEL_CLASS``) to check that the engine's startup self-check catches
+them, which silently dropped steering in vLLM's default (compiled) mode. Tests register these
+classes (``SARSTEER_VLLM_MODEL_CLASS``) to check that the engine's startup self-check catches
 exactly that failure and refuses to start. Never used for serving.
 """
 
@@ -15,11 +15,16 @@ import torch
 
 from sarsteer_guard.backends.vllm.models import SteeredQwen2AudioForConditionalGeneration
 
-__all__ = ["HookSteeredQwen2Audio"]
+__all__ = ["HookSteeredQwen2Audio", "InertSteeredQwen2Audio"]
 
 
 class HookSteeredQwen2Audio(SteeredQwen2AudioForConditionalGeneration):
     """Same buffers and runtime as the real class, but the offset is added by forward hooks."""
+
+    @staticmethod
+    def layer_hook(layer: Any, args: Any, output: tuple[torch.Tensor, torch.Tensor]) -> Any:
+        """Record the layer's state and add the steering offset (the naive plugin's hook)."""
+        return _hook(layer, args, output)
 
     def _sarsteer_install(self) -> None:
         super()._sarsteer_install()
@@ -30,11 +35,12 @@ class HookSteeredQwen2Audio(SteeredQwen2AudioForConditionalGeneration):
         runtime = self.sarsteer
         assert runtime is not None  # noqa: S101  # set by super()
         attach = runtime.attach
+        hook = self.layer_hook
 
         def attach_and_hook(runner: Any) -> None:  # after warm-up compiled the text model
             attach(runner)
             for layer in layers:
-                layer.register_forward_hook(_hook)
+                layer.register_forward_hook(hook)
 
         runtime.attach = attach_and_hook  # type: ignore[method-assign]  # the broken variant
 
@@ -47,3 +53,21 @@ def _hook(layer: Any, args: Any, output: tuple[torch.Tensor, torch.Tensor]) -> A
     rows = layer.sarsteer_table.index_select(0, layer.sarsteer_set_row[:n])
     delta = rows * layer.sarsteer_strength[:n].unsqueeze(-1)
     return hidden, residual + delta.to(residual.dtype)
+
+
+class InertSteeredQwen2Audio(HookSteeredQwen2Audio):
+    """Attaches and records like a steered class, but never adds the offset, in any mode.
+
+    A stand-in for any bug that leaves steering ineffective while everything else looks
+    healthy: the startup self-check must refuse it even in eager mode.
+    """
+
+    @staticmethod
+    def layer_hook(layer: Any, args: Any, output: tuple[torch.Tensor, torch.Tensor]) -> Any:
+        """Record the layer's state; leave the stream as it is."""
+        hidden, residual = output
+        idx = layer.sarsteer_rec_idx
+        layer.sarsteer_rec.copy_(
+            (hidden.index_select(0, idx) + residual.index_select(0, idx)).float()
+        )
+        return output

@@ -192,11 +192,19 @@ async def test_guard_is_built_lazily_from_options_and_closed(
         return ScriptedGuard()
 
     monkeypatch.setattr("sarsteer_guard.guard.core.Guard", fake_guard)
-    model = sarsteer.RealtimeModel(model="tiny", policy="p.yaml", audit="sqlite:///a.db")
+    model = sarsteer.RealtimeModel(
+        model="tiny", policy="p.yaml", audit="sqlite:///a.db", engine="vllm"
+    )
     assert built == []
     guard = await model.start()
     assert built == [
-        {"model": "tiny", "policy": "p.yaml", "store": None, "audit": "sqlite:///a.db"}
+        {
+            "model": "tiny",
+            "policy": "p.yaml",
+            "store": None,
+            "audit": "sqlite:///a.db",
+            "engine": "vllm",
+        }
     ]
     assert isinstance(guard, ScriptedGuard)
     assert guard.started

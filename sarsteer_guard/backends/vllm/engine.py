@@ -277,6 +277,13 @@ class VllmEngine:
         return self._facts
 
     @property
+    def renderer(self) -> ChatRenderer:
+        """The checkpoint's chat renderer (its processor and tokenizer); after :meth:`start`."""
+        if self._renderer is None:
+            raise GuardError("the vLLM engine is not started: await engine.start() first")
+        return self._renderer
+
+    @property
     def running(self) -> bool:
         """Started and not stopped."""
         return self._llm is not None

@@ -195,11 +195,12 @@ class SARSteerGuardService(AIService):
         self,
         guard: SpeechGuard | None = None,
         *,
-        model: str = "tiny",
+        model: str | None = None,
         policy: str | None = None,
         store: str | None = None,
         audit: str | None = None,
         remote_url: str | None = None,
+        engine: str = "transformers",
         context: Mapping[str, ContextValue] | None = None,
         session_id: str | None = None,
         params: SARSteerParams | None = None,
@@ -209,11 +210,13 @@ class SARSteerGuardService(AIService):
 
         Args:
             guard: A started or unstarted Guard/RemoteGuard to use (never closed here).
-            model: Model for the Guard built when ``guard`` is None.
+            model: Hub id or path for the Guard built when ``guard`` and ``remote_url``
+                are None (required then; the test model ``"tiny"`` only when named).
             policy: Policy YAML path for the built Guard.
             store: Vector store URL for the built Guard.
             audit: Audit log URL for the built Guard.
             remote_url: Build a ``RemoteGuard`` for this server instead.
+            engine: Generation backend of the built Guard (``transformers`` or ``vllm``).
             context: Policy context for every turn (e.g. ``{"tier": "minor"}``).
             session_id: Conversation id for the Guard's history and audit; a fresh
                 one per service instance by default, as one pipeline is one call.
@@ -221,9 +224,16 @@ class SARSteerGuardService(AIService):
             **kwargs: Passed to ``AIService`` (e.g. ``name``).
         """
         handle = GuardHandle.from_options(
-            guard, model=model, policy=policy, store=store, audit=audit, remote_url=remote_url
+            guard,
+            model=model,
+            policy=policy,
+            store=store,
+            audit=audit,
+            remote_url=remote_url,
+            engine=engine,
         )
-        super().__init__(settings=ServiceSettings(model=model), **kwargs)
+        name = "remote" if remote_url is not None else (model or "guard")
+        super().__init__(settings=ServiceSettings(model=name), **kwargs)
         self._handle = handle
         self._params = params or SARSteerParams()
         self._context: dict[str, ContextValue] = dict(context or {})
@@ -418,6 +428,20 @@ class SARSteerGuardService(AIService):
                 await self.cancel_task(task)
 
     async def _respond(self, turn: Turn, previous: list[asyncio.Task[None]]) -> None:
+        """Run one turn; a cancelled turn (barge-in, pipeline end) is logged with its id.
+
+        A cancelled turn gets no decision (the guard cancels its generation), so this log
+        line is the only trace of it in the pipeline's logs.
+        """
+        try:
+            await self._run_turn(turn, previous)
+        except asyncio.CancelledError:
+            logger.info(
+                f"{self}: SARSteer turn {turn.turn_id} cancelled (barge-in or pipeline end)"
+            )
+            raise
+
+    async def _run_turn(self, turn: Turn, previous: list[asyncio.Task[None]]) -> None:
         if previous:
             # asyncio.wait, not await: cancelling this task must not cancel those.
             await asyncio.wait(previous)

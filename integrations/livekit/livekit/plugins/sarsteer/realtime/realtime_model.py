@@ -91,11 +91,13 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
 
     Args:
         guard: the guard to use; None builds one from the options below.
-        model: model name or path for the in-process Guard (``"tiny"`` is built in).
+        model: hub id or path for the in-process Guard; required unless ``guard`` or
+            ``remote_url`` is given (the built-in test model ``"tiny"`` only when named).
         policy: policy YAML path for the in-process Guard; None uses its default.
         store: vector store URL for the in-process Guard.
         audit: audit log URL for the in-process Guard.
         remote_url: a Guard server URL; builds a ``RemoteGuard`` instead.
+        engine: generation backend of the in-process Guard (``transformers`` or ``vllm``).
         context: turn context for the policy rules (e.g. ``{"channel": "kids"}``);
             change it later with :meth:`update_options`.
         turn_detection: webrtcvad settings for the plugin's own turn detection and
@@ -109,18 +111,25 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
         self,
         guard: SpeechGuard | None = None,
         *,
-        model: str = "tiny",
+        model: str | None = None,
         policy: str | None = None,
         store: str | None = None,
         audit: str | None = None,
         remote_url: str | None = None,
+        engine: str = "transformers",
         context: TurnContext | None = None,
         turn_detection: SegmenterSettings | None = DEFAULT_TURN_DETECTION,
         max_new_tokens: int | None = None,
         session_id: str | None = None,
     ) -> None:
         handle = GuardHandle.from_options(
-            guard, model=model, policy=policy, store=store, audit=audit, remote_url=remote_url
+            guard,
+            model=model,
+            policy=policy,
+            store=store,
+            audit=audit,
+            remote_url=remote_url,
+            engine=engine,
         )
         if max_new_tokens is not None and max_new_tokens < 1:
             raise GuardError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -141,7 +150,7 @@ class RealtimeModel(llm.RealtimeModel, rtc.EventEmitter[ModelEvent]):
         )
         rtc.EventEmitter.__init__(self)
         self._handle = handle
-        self._model_name = model if remote_url is None else "remote"
+        self._model_name = "remote" if remote_url is not None else (model or "guard")
         self._context: dict[str, ContextValue] = dict(context or {})
         self._turn_detection = turn_detection
         self._max_new_tokens = max_new_tokens
@@ -243,9 +252,10 @@ class RealtimeSession(llm.RealtimeSession[SarsteerEvent]):
     """One conversation with the Guard, created by :meth:`RealtimeModel.session`.
 
     Not for direct construction; the ``AgentSession`` makes one per agent activity.
-    Also usable without an ``AgentSession`` (see ``examples/livekit_offline.py``):
-    ``push_audio`` frames, then ``commit_audio()`` and ``await generate_reply()``, or
-    let the plugin's turn detection emit ``generation_created``.
+    Also usable without an ``AgentSession`` (``examples/livekit_offline.py`` plays a
+    recording to a real one): ``push_audio`` frames, then ``commit_audio()`` and
+    ``await generate_reply()``, or let the plugin's turn detection emit
+    ``generation_created``.
     """
 
     def __init__(self, realtime_model: RealtimeModel, *, turn_detection: bool) -> None:
