@@ -294,6 +294,7 @@ def test_the_guard_refuses_to_start_when_the_self_check_fails(
         "SARSTEER_VLLM_MODEL_CLASS", "sarsteer_guard.testing.vllm_hooked:InertSteeredQwen2Audio"
     )
     guard = Guard(
+        "tiny",
         policy=write_policy(tmp_path),
         store=str(tmp_path / "store"),
         audit=CapturingAuditLog(),
