@@ -225,7 +225,7 @@ class RealtimeConnection(BaseConnection):
 
     def _check_pending(self, samples: int) -> None:
         if not self._fits_more(samples * 4):  # float32
-            raise self._budget_error()
+            raise self._budget_error(samples * 4)
         held = sum(a.size for a in self.pending)
         if held + samples > self.settings.max_turn_s * VAD_RATE:
             raise RealtimeError(
@@ -283,9 +283,10 @@ class RealtimeConnection(BaseConnection):
         self.service.audio_budget.give(self._charged)
         self._charged = 0
 
-    def _budget_error(self) -> RealtimeError:
+    def _budget_error(self, size: int = 0) -> RealtimeError:
+        """Which budget the held audio plus ``size`` bytes overruns, as the error to send."""
         s = self.settings
-        if not self._fits_connection():
+        if not self.audio_budget.fits(max(0, self._held_bytes() + size - self._charged)):
             return RealtimeError(
                 "input_audio_buffer_too_large",
                 f"this session holds {s.max_audio_mb_per_connection:g} MiB of audio "
@@ -298,9 +299,6 @@ class RealtimeConnection(BaseConnection):
             "audio was dropped; retry shortly",
             error_type="server_error",
         )
-
-    def _fits_connection(self) -> bool:
-        return self.audio_budget.fits(max(0, self._held_bytes() - self._charged))
 
     async def _add_item(self, item: dict[str, Any], previous: str | None) -> None:
         self.remember(item)
