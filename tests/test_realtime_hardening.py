@@ -11,6 +11,7 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -364,3 +365,16 @@ async def test_resampler_tail_past_the_budget_fails_the_turn_without_overshoot()
     ws.feed_disconnect()
     await asyncio.wait_for(runner, 5)
     assert json.dumps(ws.sent)  # every message was serialisable
+
+
+def test_the_schema_documents_context_and_metadata_limits() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    path = Path(__file__).resolve().parents[1] / "docs" / "realtime.schema.json"
+    validator = jsonschema.Draft202012Validator(json.loads(path.read_text()))
+    context = {"type": "session.update", "session": {"sarsteer_context": {"channel": "kids"}}}
+    assert validator.is_valid(context)
+    nested = {"type": "session.update", "session": {"sarsteer_context": {"x": {"y": 1}}}}
+    assert not validator.is_valid(nested)
+    spoof = {"type": "response.create", "response": {"metadata": {"sarsteer_refused": "no"}}}
+    assert not validator.is_valid(spoof)
+    assert validator.is_valid({"type": "response.create", "response": {"metadata": {"k": "v"}}})
