@@ -378,3 +378,16 @@ def test_the_schema_documents_context_and_metadata_limits() -> None:
     spoof = {"type": "response.create", "response": {"metadata": {"sarsteer_refused": "no"}}}
     assert not validator.is_valid(spoof)
     assert validator.is_valid({"type": "response.create", "response": {"metadata": {"k": "v"}}})
+
+
+async def test_transcription_settings_are_checked_before_they_are_echoed(
+    open_session: Session,
+) -> None:
+    s = open_session
+    bad = '{"type":"session.update","session":{"input_audio_transcription":{"model":"w' + LONE
+    error = await s.ask(bad + '"}}}', "error")
+    assert error["error"]["code"] == "invalid_value"
+    raw = '{"type":"session.update","session":{"input_audio_transcription":'
+    updated = await s.ask(raw + '{"model":"whisper-1","x":NaN}}}', "session.updated")
+    assert updated["session"]["audio"]["input"]["transcription"] == {"model": "whisper-1"}
+    await s.still_serving()

@@ -166,7 +166,7 @@ def apply_update(
         changes["turn_detection"] = parse_turn_detection(raw, max_turn_s)
     if "transcription" in inp or "input_audio_transcription" in session:
         raw = inp.get("transcription", session.get("input_audio_transcription"))
-        changes["transcription"] = None if raw is None else _mapping(raw, "transcription")
+        changes["transcription"] = None if raw is None else _transcription(raw)
     if inp.get("noise_reduction") or session.get("input_audio_noise_reduction"):
         raise unsupported("input noise reduction", "session.audio.input.noise_reduction")
     if out:
@@ -183,6 +183,17 @@ def _output_audio(out: Mapping[str, Any]) -> dict[str, Any]:
         )
     if out.get("speed") is not None:
         kept["speed"] = _number(out["speed"], "session.audio.output.speed")
+    return kept
+
+
+def _transcription(raw: object) -> dict[str, str]:
+    """The transcription settings echoed back: their text fields only, checked."""
+    param = "session.audio.input.transcription"
+    kept: dict[str, str] = {}
+    for key, value in _mapping(raw, param).items():
+        if key in ("model", "language", "prompt") and value is not None:
+            name = f"{param}.{key}"
+            kept[key] = client_text(_string(value, name), name)
     return kept
 
 
