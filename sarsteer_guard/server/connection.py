@@ -24,7 +24,6 @@ from sarsteer_guard._version import __version__
 from sarsteer_guard.audio.limits import check_clip_length
 from sarsteer_guard.errors import AudioError
 from sarsteer_guard.guard.events import GuardEvent, Turn
-from sarsteer_guard.log import get_logger
 from sarsteer_guard.server import metrics
 from sarsteer_guard.server.auth import TokenBucket
 from sarsteer_guard.server.lifecycle import BaseConnection
@@ -46,8 +45,6 @@ from sarsteer_guard.server.protocol import (
 from sarsteer_guard.server.service import GuardService
 from sarsteer_guard.server.settings import ServerSettings
 from sarsteer_guard.server.turns import CancelReason, RunningTurn, run_turn
-
-log = get_logger(__name__)
 
 #: Turn ids remembered after an early final error, so their late audio is dropped quietly.
 _REJECTED_MEMORY = 256
