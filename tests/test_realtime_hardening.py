@@ -347,15 +347,17 @@ async def test_resampler_tail_past_the_budget_fails_the_turn_without_overshoot()
     assert probe.size > body  # the resampler's tail exists
     guard = ScriptedGuard(reply="ok", delay_s=0.0)
     await guard.start()
-    settings = ServerSettings(rate_limit_per_s=0, max_audio_mb_per_connection=body / MIB)
+    settings = ServerSettings(rate_limit_per_s=0, max_audio_mb_per_connection=(body + 0.5) / MIB)
     service = GuardService(guard, settings)
     service.started = True
     ws = FakeSocket()
     connection = TurnConnection(ws, service)  # type: ignore[arg-type]
     runner = asyncio.get_running_loop().create_task(connection.run())
     start = {"type": "turn.start", "turn_id": "t", "sample_rate": 48000}
-    ws.feed_text({**start, "sample_format": "float32"})
+    ws.feed_text({**start, "format": "float32"})
     ws.feed_bytes(encode_audio_frame("t", pcm))
+    await ws.wait_for(lambda: connection.audio_budget.used == body)  # the body fits exactly
+    assert connection.audio_budget.limit == body
     ws.feed_text({"type": "turn.end", "turn_id": "t"})
     await ws.wait_for(lambda: any(m["type"] == "error" for m in ws.sent))
     error = next(m for m in ws.sent if m["type"] == "error")
