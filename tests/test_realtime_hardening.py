@@ -213,6 +213,7 @@ LONE = "\\ud800"  # a lone surrogate, as JSON can carry it
         '"content":[{"type":"input_text","text":"x"}]}}',
         '{"type":"conversation.item.retrieve","item_id":"i' + LONE + '"}',
         '{"type":"response.create","response":{"metadata":{"k":"v' + LONE + '"}}}',
+        '{"type":"conversation.item.retrieve","item_id":"' + "i" * 129 + '"}',
     ],
 )
 async def test_bad_client_text_is_an_error_never_a_crash(open_session: Session, raw: str) -> None:

@@ -210,8 +210,19 @@ def parse_context(value: object) -> dict[str, ContextValue]:
         ) from None
 
 
+#: Longest client id (event, item, response ids; ``model``): OpenAI's are 32 characters.
+MAX_ID_CHARS = 128
+
+
 def client_text(value: str, param: str, *, identifier: bool = False) -> str:
-    """A client's string, checked by :func:`~..validation.clean_text` (NFC unless an id)."""
+    """A client's string, checked by :func:`~..validation.clean_text` (NFC unless an id).
+
+    Ids are also bounded (:data:`MAX_ID_CHARS`): they are kept per item and echoed.
+    """
+    if identifier and len(value) > MAX_ID_CHARS:
+        raise RealtimeError(
+            "invalid_value", f"{param} is longer than {MAX_ID_CHARS} characters", param=param
+        )
     try:
         return clean_text(value, identifier=identifier)
     except ValueError as error:
