@@ -156,10 +156,18 @@ async def test_g711_input_with_an_audio_item_reaches_the_guard_at_16k(
 def test_session_update_keeps_the_old_config_when_refused() -> None:
     config = SessionConfig(id="s")
     with pytest.raises(RealtimeError) as refused:
-        apply_update(config, {"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}})
+        apply_update(
+            config,
+            {"audio": {"input": {"turn_detection": {"type": "semantic_vad"}}}},
+            max_turn_s=30.0,
+        )
     assert refused.value.code == "unsupported_feature"
     with pytest.raises(RealtimeError, match="rate must be one of"):
-        apply_update(config, {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 11025}}}})
+        apply_update(
+            config,
+            {"audio": {"input": {"format": {"type": "audio/pcm", "rate": 11025}}}},
+            max_turn_s=30.0,
+        )
     beta = apply_update(
         config,
         {
@@ -168,6 +176,7 @@ def test_session_update_keeps_the_old_config_when_refused() -> None:
             "modalities": ["text"],
             "max_response_output_tokens": 64,
         },
+        max_turn_s=30.0,
     )
     assert beta.input_format == AudioFormat("pcma", 8000)
     assert beta.turn_detection is None
@@ -186,6 +195,7 @@ def test_session_update_keeps_the_old_config_when_refused() -> None:
                 }
             }
         },
+        max_turn_s=30.0,
     ).turn_detection
     assert vad is not None
     seg = vad.segmenter(30.0)

@@ -183,6 +183,11 @@ class TurnSegmenter:
         """Stream time consumed by the VAD so far, in seconds."""
         return self._pos / VAD_RATE
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of audio the segmenter holds now (pre-roll, open turn, partial frame)."""
+        return sum(a.nbytes for a in self._buf) + self._pending.nbytes
+
     def push(
         self,
         pcm: bytes | bytearray | memoryview | npt.NDArray[np.generic],

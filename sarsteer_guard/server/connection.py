@@ -18,27 +18,25 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, assert_never
 
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from sarsteer_guard._version import __version__
 from sarsteer_guard.audio.limits import check_clip_length
 from sarsteer_guard.errors import AudioError
 from sarsteer_guard.guard.events import GuardEvent, Turn
-from sarsteer_guard.log import get_logger
 from sarsteer_guard.server import metrics
 from sarsteer_guard.server.auth import TokenBucket
-from sarsteer_guard.server.limits import MIB, ByteBudget, TurnAudio
+from sarsteer_guard.server.lifecycle import BaseConnection
+from sarsteer_guard.server.limits import TurnAudio
 from sarsteer_guard.server.protocol import (
     BYTES_PER_SAMPLE,
     CLOSE_GOING_AWAY,
-    CLOSE_INTERNAL_ERROR,
     PROTOCOL,
     AudioMsg,
     ProtocolError,
     TurnCancelMsg,
     TurnEndMsg,
     TurnStartMsg,
-    dumps,
     error_message,
     event_to_message,
     new_session_id,
@@ -47,8 +45,6 @@ from sarsteer_guard.server.protocol import (
 from sarsteer_guard.server.service import GuardService
 from sarsteer_guard.server.settings import ServerSettings
 from sarsteer_guard.server.turns import CancelReason, RunningTurn, run_turn
-
-log = get_logger(__name__)
 
 #: Turn ids remembered after an early final error, so their late audio is dropped quietly.
 _REJECTED_MEMORY = 256
@@ -83,13 +79,11 @@ class _Collecting:
     limit: int
 
 
-class TurnConnection:
+class TurnConnection(BaseConnection):
     """One WebSocket carrying many turns; also the :class:`~.turns.TurnOutput` of its turns."""
 
     def __init__(self, websocket: WebSocket, service: GuardService) -> None:
-        self.ws = websocket
-        self.service = service
-        self.settings = service.settings
+        super().__init__(websocket, service)
         self.collecting: dict[str, _Collecting] = {}
         self.running: dict[str, RunningTurn] = {}
         self.rejected: OrderedDict[str, None] = OrderedDict()
@@ -98,12 +92,6 @@ class TurnConnection:
         # when it closes (a shared default would mix strangers' conversations).
         self.default_session_id = new_session_id()
         self._default_session_used = False
-        self._send_lock = asyncio.Lock()
-        self._closed = False
-        self._aborted = False
-        self._shutdown = False
-        self._receiver: asyncio.Task[None] | None = None
-        self.audio_budget = ByteBudget(int(self.settings.max_audio_mb_per_connection * MIB))
         self._held: dict[str, int] = {}  # audio bytes charged per open turn
 
     @property
@@ -111,32 +99,7 @@ class TurnConnection:
         """Turns receiving audio or generating on this connection."""
         return len(self.collecting) + len(self.running)
 
-    # -- sending (TurnOutput) ----------------------------------------------------------------
-    async def send(self, message: dict[str, Any]) -> None:
-        """Send one JSON message within ``send_timeout_s``; a gone peer marks the connection closed.
-
-        A client that stops reading fills the socket's buffers and a plain send would wait
-        forever, pinning the connection and its turns: past the deadline the connection is
-        aborted instead (turns cancelled, their memory freed).
-        """
-        if self._closed:
-            return
-        text = dumps(message)
-        async with self._send_lock:
-            if self._closed:
-                return
-            try:
-                async with asyncio.timeout(self.settings.send_timeout_s):
-                    await self.ws.send_text(text)
-            except TimeoutError:  # before OSError, its base class
-                metrics.ERRORS.labels(kind="client_not_reading").inc()
-                log.warning(
-                    "server.client_not_reading", send_timeout_s=self.settings.send_timeout_s
-                )
-                self._abort()
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                self._closed = True
-
+    # -- sending (TurnOutput; send() is BaseConnection's, deadlined) ---------------------------
     async def event(self, event: GuardEvent) -> None:
         """A guard event as its wire message."""
         await self.send(event_to_message(event))
@@ -150,57 +113,15 @@ class TurnConnection:
         """The final message of a cancelled turn."""
         await self.send({"type": "cancelled", "turn_id": turn_id})
 
-    # -- receiving ---------------------------------------------------------------------------
-    async def run(self) -> None:
-        """Serve the connection until the peer closes it, the server drains, or it is aborted."""
-        metrics.CONNECTIONS.inc()
-        self.service.connections.add(self)
+    # -- receiving (BaseConnection's loop) ----------------------------------------------------
+    async def _greet(self) -> None:
+        await self.send(hello_message(self.settings))
+
+    async def _on_frame(self, frame: str | bytes) -> None:
         try:
-            await self.send(hello_message(self.settings))
-            if self._closed:
-                return
-            self._receiver = asyncio.get_running_loop().create_task(self._receive())
-            try:
-                await self._receiver
-            except WebSocketDisconnect:
-                pass
-            except asyncio.CancelledError:
-                if not self._aborted:
-                    raise
-        finally:
-            await self._closed_by_peer()
-
-    def _abort(self) -> None:
-        """Give up on the socket now: stop reading; :meth:`run` then frees every turn.
-
-        For a client that stopped reading, nothing written reaches it any more (a close
-        frame neither), so nothing is sent: returning from the ASGI handler lets the
-        server drop the socket.
-        """
-        self._closed = True
-        self._aborted = True
-        if self._receiver is not None and not self._receiver.done():
-            self._receiver.cancel()
-
-    async def _receive(self) -> None:
-        while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            frame: str | bytes | None = message.get("bytes")
-            if frame is None:
-                frame = message.get("text")
-            if frame is None:
-                continue
-            try:
-                await self._handle(frame)
-            except ProtocolError as error:
-                await self._protocol_error(error)
-            except Exception:
-                # A bug must not drop the socket without a close frame (clients see 1006).
-                log.exception("server.connection_failed")
-                await self._close(CLOSE_INTERNAL_ERROR, "internal error: reconnect")
-                return
+            await self._handle(frame)
+        except ProtocolError as error:
+            await self._protocol_error(error)
 
     async def _handle(self, frame: str | bytes) -> None:
         message = parse_message(
@@ -302,6 +223,11 @@ class TurnConnection:
                 f"turn {turn_id} has more than {s.max_turn_s:g} s of audio: end turns sooner "
                 "(segment speech into shorter turns)"
             )
+        return self._budget_refusal(size)
+
+    def _budget_refusal(self, size: int) -> tuple[str, str] | None:
+        """Why the connection's or the server's audio budget cannot take ``size`` more bytes."""
+        s = self.settings
         if not self.audio_budget.fits(size):
             return "rate_limited", (
                 f"this connection's open turns hold {s.max_audio_mb_per_connection:g} MiB of "
@@ -331,12 +257,22 @@ class TurnConnection:
             if turn_id in self.rejected:
                 return
             raise ProtocolError(f"turn.end for unknown turn_id {turn_id!r}: send turn.start first")
+        before = collecting.audio.size
         try:
             turn = self._turn(collecting)
         except AudioError as error:
             self.collecting[turn_id] = collecting
             await self._fail_turn(turn_id, "audio", str(error))
             return
+        # The resampler's tail, held since finish(): checked like any audio, so the
+        # budgets' ``used <= limit`` holds.
+        tail = collecting.audio.size - before
+        refusal = self._budget_refusal(tail)
+        if refusal is not None:
+            self.collecting[turn_id] = collecting
+            await self._fail_turn(turn_id, *refusal)
+            return
+        self._charge_audio(turn_id, tail)
         if collecting.start.session_id == self.default_session_id:
             self._default_session_used = True
         running = RunningTurn(turn=turn, ended_at=time.perf_counter())
@@ -345,9 +281,7 @@ class TurnConnection:
 
     def _turn(self, collecting: _Collecting) -> Turn:
         start = collecting.start
-        before = collecting.audio.size
         audio, rate, channels, sample_format = collecting.audio.finish()
-        self._charge_audio(start.turn_id, collecting.audio.size - before)  # resampler's tail
         # Refused here, before any model work, with the sentence the CLI and Guard use.
         check_clip_length(len(audio) // (BYTES_PER_SAMPLE[sample_format] * channels), rate)
         collecting.audio.chunks.clear()  # the joined copy is the only one from here on
@@ -421,8 +355,7 @@ class TurnConnection:
         await self._cancel_all("disconnect")
         if self._default_session_used:
             self.service.forget_session(self.default_session_id)
-        self.service.connections.discard(self)
-        metrics.CONNECTIONS.dec()
+        self._unregister()
 
     async def shutdown(self) -> None:
         """End open turns (shutting_down) and close with 1001 so clients reconnect elsewhere.
@@ -437,20 +370,3 @@ class TurnConnection:
             )
         await self._cancel_all("shutdown")
         await self._close(CLOSE_GOING_AWAY, "server shutting down")
-
-    def abort(self) -> None:
-        """The drain's deadline passed: stop serving this socket now (its turns are freed)."""
-        self._abort()
-
-    async def _close(self, code: int, reason: str) -> None:
-        """Send a close frame (within the send deadline, else abort) and stop reading."""
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            async with asyncio.timeout(self.settings.send_timeout_s):
-                await self.ws.close(code=code, reason=reason)
-        except TimeoutError:
-            self._abort()
-        except Exception:  # noqa: S110 - the peer is gone: nothing left to tell it
-            pass

@@ -40,8 +40,11 @@ class Connection(Protocol):
     async def shutdown(self) -> None:
         """End the connection's open turns and close it (the drain deadline passed)."""
 
-    # Optional: ``abort() -> None``, stop serving at once and free the turns (called when
-    # shutdown overruns the drain's deadline; a connection without it is left to uvicorn).
+    def abort(self) -> None:
+        """Stop serving at once and free the turns (shutdown overran the drain's deadline).
+
+        Required: a connection that could not be cut would pin the drain past its deadline.
+        """
 
 
 class GuardService:
@@ -176,9 +179,7 @@ class GuardService:
         except TimeoutError:
             log.warning("server.drain_close_overran", seconds=DRAIN_CLOSE_S)
             for connection in connections:
-                abort = getattr(connection, "abort", None)
-                if callable(abort):
-                    abort()
+                connection.abort()
         log.info("server.drained")
 
     async def _wait_for_open_turns(self, grace_s: float) -> None:

@@ -94,6 +94,13 @@ class InputAudioBuffer:
         self._held_samples = 0
 
     @property
+    def held_bytes(self) -> int:
+        """Bytes of audio held now: what the connection charges to its audio budgets."""
+        if self._segmenter is not None:
+            return self._segmenter.held_bytes
+        return sum(a.nbytes for a in self._held)
+
+    @property
     def in_speech(self) -> bool:
         """True while server VAD has an open turn."""
         return self._segmenter is not None and self._segmenter.in_speech

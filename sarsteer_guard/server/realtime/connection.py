@@ -7,6 +7,12 @@ shared :func:`~sarsteer_guard.server.turns.run_turn` (timeout, cancellation, dra
 the turn rules of ``sarsteer.v1`` hold here too. The guard keeps the conversation
 history itself under a session id private to this connection, forgotten when it closes.
 
+Lifecycle (send deadlines, abort, the 1011 catch-all, registration) is
+:class:`~sarsteer_guard.server.lifecycle.BaseConnection`'s, shared with ``/v1/turns``.
+Audio memory (the input buffer, committed audio, a running response's turn) is charged to
+the connection's and the server's byte budgets; past either, the newest audio is dropped
+and an ``error`` says why.
+
 Barge-in: with server VAD and ``interrupt_response``, speech starting while a response
 runs cancels it (``response.done`` status ``cancelled``, reason ``turn_detected``);
 ``response.cancel`` does the same for clients that detect turns themselves.
@@ -15,20 +21,20 @@ runs cancels it (``response.done`` status ``cancelled``, reason ``turn_detected`
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import OrderedDict
 from typing import Any, assert_never
 
 import numpy as np
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from sarsteer_guard.audio.pcm import FloatArray
 from sarsteer_guard.audio.vad import VAD_RATE
 from sarsteer_guard.guard.events import Turn
 from sarsteer_guard.server import metrics
 from sarsteer_guard.server.auth import TokenBucket
-from sarsteer_guard.server.protocol import CLOSE_GOING_AWAY, dumps
+from sarsteer_guard.server.lifecycle import BaseConnection
+from sarsteer_guard.server.protocol import CLOSE_GOING_AWAY
 from sarsteer_guard.server.realtime.audio import (
     InputAudioBuffer,
     SpeechStarted,
@@ -49,7 +55,7 @@ from sarsteer_guard.server.realtime.events import (
     SessionUpdate,
     parse_event,
 )
-from sarsteer_guard.server.realtime.session import SessionConfig, apply_update
+from sarsteer_guard.server.realtime.session import SessionConfig, apply_update, client_text
 from sarsteer_guard.server.realtime.wire import (
     CancelReason,
     ResponseStream,
@@ -66,14 +72,17 @@ from sarsteer_guard.server.turns import RunningTurn, run_turn
 MAX_ITEMS = 256
 
 
-class RealtimeConnection:
+class RealtimeConnection(BaseConnection):
     """One realtime session on one WebSocket."""
 
     def __init__(self, websocket: WebSocket, service: GuardService, model: str | None) -> None:
-        self.ws = websocket
-        self.service = service
-        self.settings = service.settings
-        self.config = SessionConfig(id=new_id("sess"), model=model or "sarsteer-guard")
+        super().__init__(websocket, service)
+        self._model_error: RealtimeError | None = None
+        try:
+            name = None if model is None else client_text(model, "model", identifier=True)
+        except RealtimeError as error:  # told after session.created (nothing is sent before)
+            name, self._model_error = None, error
+        self.config = SessionConfig(id=new_id("sess"), model=name or "sarsteer-guard")
         self.buffer = self._new_buffer()
         self.items: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.pending: list[FloatArray] = []  # committed user audio, 16 kHz, not yet answered
@@ -83,9 +92,8 @@ class RealtimeConnection:
         self.bucket = TokenBucket(self.settings.rate_limit_per_s)
         self.session_id = f"realtime-{self.config.id}"  # the guard's history; private
         self._used_session = False
-        self._send_lock = asyncio.Lock()
-        self._closed = False
-        self._shutdown = False
+        self._charged = 0  # audio bytes taken from both budgets
+        self._turn_bytes = 0  # audio of the running response's turn
 
     def _new_buffer(self) -> InputAudioBuffer:
         c = self.config
@@ -100,53 +108,32 @@ class RealtimeConnection:
         """
         return int(self.running is not None)
 
-    # -- sending -----------------------------------------------------------------------------
-    async def send(self, event: dict[str, Any]) -> None:
-        """Send one server event; a gone peer just marks the connection closed."""
-        if self._closed:
-            return
-        text = dumps(event)
-        async with self._send_lock:
-            try:
-                await self.ws.send_text(text)
-            except (WebSocketDisconnect, RuntimeError, OSError):
-                self._closed = True
-
+    # -- sending (send() is BaseConnection's, deadlined) --------------------------------------
     async def send_error(self, error: RealtimeError) -> None:
         """An ``error`` event (counted like the turn protocol's errors)."""
         metrics.ERRORS.labels(kind=error.code).inc()
         await self.send(error_event(error))
 
-    # -- receiving ---------------------------------------------------------------------------
-    async def run(self) -> None:
-        """Serve the session until the peer closes it or the server drains."""
-        metrics.CONNECTIONS.inc()
-        self.service.connections.add(self)
-        try:
-            await self.send(server_event("session.created", session=self.config.to_wire()))
-            with contextlib.suppress(WebSocketDisconnect):
-                await self._receive()
-        finally:
-            await self._closed_by_peer()
+    # -- receiving (BaseConnection's loop) ----------------------------------------------------
+    async def _greet(self) -> None:
+        await self.send(server_event("session.created", session=self.config.to_wire()))
+        if self._model_error is not None:
+            await self.send_error(self._model_error)
 
-    async def _receive(self) -> None:
-        while True:
-            message = await self.ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            frame: str | bytes | None = message.get("text")
-            if frame is None:
-                frame = message.get("bytes")
-            if frame is None:
-                continue
-            try:
-                event = parse_event(frame, max_bytes=self.settings.max_message_bytes)
-                try:
-                    await self._handle(event)
-                except RealtimeError as error:
-                    raise error.with_event_id(event.event_id) from None
-            except RealtimeError as error:
-                await self.send_error(error)
+    async def _on_frame(self, frame: str | bytes) -> None:
+        """Answer one event; whatever it did, the held audio is then charged (or dropped)."""
+        try:
+            event = parse_event(frame, max_bytes=self.settings.max_message_bytes)
+        except RealtimeError as error:
+            await self.send_error(error)
+            return
+        try:
+            await self._handle(event)
+        except RealtimeError as error:
+            await self.send_error(error.with_event_id(event.event_id))
+        over = self._settle_audio()
+        if over is not None:
+            await self.send_error(over.with_event_id(event.event_id))
 
     async def _handle(self, event: ClientEvent) -> None:
         match event:
@@ -174,7 +161,7 @@ class RealtimeConnection:
 
     # -- session and audio -------------------------------------------------------------------
     async def _on_session_update(self, event: SessionUpdate) -> None:
-        new = apply_update(self.config, event.session)
+        new = apply_update(self.config, event.session, max_turn_s=self.settings.max_turn_s)
         audio_changed = (new.input_format, new.turn_detection) != (
             self.config.input_format,
             self.config.turn_detection,
@@ -186,11 +173,18 @@ class RealtimeConnection:
         await self.send(server_event("session.updated", session=new.to_wire()))
 
     async def _on_append(self, audio: bytes) -> None:
+        """Every speech start/stop the audio caused is sent, then the first error (if any)."""
+        first: RealtimeError | None = None
         for change in self.buffer.append(audio):
-            if isinstance(change, SpeechStarted):
-                await self._speech_started(change.audio_start_ms)
-            else:
-                await self._speech_stopped(change)
+            try:
+                if isinstance(change, SpeechStarted):
+                    await self._speech_started(change.audio_start_ms)
+                else:
+                    await self._speech_stopped(change)
+            except RealtimeError as error:
+                first = first or error
+        if first is not None:
+            raise first
 
     async def _speech_started(self, audio_start_ms: int) -> None:
         vad = self.config.turn_detection
@@ -230,6 +224,8 @@ class RealtimeConnection:
         await self._add_item(user_audio_item(item_id), previous)
 
     def _check_pending(self, samples: int) -> None:
+        if not self._fits_more(samples * 4):  # float32
+            raise self._budget_error(samples * 4)
         held = sum(a.size for a in self.pending)
         if held + samples > self.settings.max_turn_s * VAD_RATE:
             raise RealtimeError(
@@ -237,6 +233,72 @@ class RealtimeConnection:
                 f"more than {self.settings.max_turn_s:g} s of user audio waits for a response: "
                 "create a response (response.create) before committing more",
             )
+
+    # -- audio budgets ----------------------------------------------------------------------
+    def _held_bytes(self) -> int:
+        """Audio this connection holds: input buffer, committed audio, the running turn."""
+        return self.buffer.held_bytes + sum(a.nbytes for a in self.pending) + self._turn_bytes
+
+    def _fits_more(self, size: int) -> bool:
+        """True if both budgets can take what is held now plus ``size`` bytes."""
+        delta = self._held_bytes() + size - self._charged
+        return delta <= 0 or (
+            self.audio_budget.fits(delta) and self.service.audio_budget.fits(delta)
+        )
+
+    def _charge(self) -> bool:
+        """Bring both budgets' charge to what is held now; False (nothing taken) if over."""
+        held = self._held_bytes()
+        if not self._fits_more(0):
+            return False
+        delta = held - self._charged
+        if delta >= 0:
+            self.audio_budget.take(delta)
+            self.service.audio_budget.take(delta)
+        else:
+            self.audio_budget.give(-delta)
+            self.service.audio_budget.give(-delta)
+        self._charged = held
+        return True
+
+    def _settle_audio(self) -> RealtimeError | None:
+        """Charge the held audio; past a budget drop the newest (buffer, then committed).
+
+        Invariant after it: ``_charged == _held_bytes()`` and neither budget is over. The
+        running turn's audio was charged as committed audio, so dropping the rest fits.
+        """
+        if self._charge():
+            return None
+        error = self._budget_error()
+        self.buffer.clear()
+        self.speech_item_id = None
+        if not self._charge():
+            self.pending = []
+            self._charge()
+        return error
+
+    def _release_audio(self) -> None:
+        """Give back everything charged (the connection is gone)."""
+        self.audio_budget.give(self._charged)
+        self.service.audio_budget.give(self._charged)
+        self._charged = 0
+
+    def _budget_error(self, size: int = 0) -> RealtimeError:
+        """Which budget the held audio plus ``size`` bytes overruns, as the error to send."""
+        s = self.settings
+        if not self.audio_budget.fits(max(0, self._held_bytes() + size - self._charged)):
+            return RealtimeError(
+                "input_audio_buffer_too_large",
+                f"this session holds {s.max_audio_mb_per_connection:g} MiB of audio "
+                "(--max-audio-mb-per-connection): the newest audio was dropped; commit and "
+                "answer turns sooner",
+            )
+        return RealtimeError(
+            "sarsteer_audio_budget_exceeded",
+            f"the server holds {s.max_audio_mb:g} MiB of audio (--max-audio-mb): the newest "
+            "audio was dropped; retry shortly",
+            error_type="server_error",
+        )
 
     async def _add_item(self, item: dict[str, Any], previous: str | None) -> None:
         self.remember(item)
@@ -338,12 +400,14 @@ class RealtimeConnection:
         tokens = request.max_output_tokens or self.config.max_output_tokens
         audio = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
         self.pending = []
+        self._turn_bytes = audio.nbytes  # charged as committed audio until the turn ends
         self._used_session = True
         turn = Turn(
             audio=audio,
             sample_rate=VAD_RATE,
             sample_format="float32",
             session_id=self.session_id,
+            context=dict(self.config.context),
             max_new_tokens=self.settings.clamp_max_new_tokens(tokens),
         )
         running = RunningTurn(turn=turn, ended_at=time.perf_counter())
@@ -383,6 +447,8 @@ class RealtimeConnection:
             # Nothing above may skip this: the drain counts on every turn being closed.
             if self.running is running:
                 self.response, self.running = None, None
+                self._turn_bytes = 0
+                self._charge()  # gives back: holding less always fits
             self.service.turn_closed()
             metrics.TURNS.labels(outcome=running.outcome).inc()
 
@@ -411,19 +477,18 @@ class RealtimeConnection:
             await asyncio.gather(running.task, return_exceptions=True)
 
     async def _closed_by_peer(self) -> None:
-        """The socket is gone: cancel the response, forget the private session."""
+        """The socket is gone: cancel the response, free its audio, forget the session."""
         self._closed = True
         await self._cancel_running("disconnect")
+        self.buffer.clear()
+        self.pending = []
+        self._release_audio()
         if self._used_session:
             self.service.forget_session(self.session_id)
-        self.service.connections.discard(self)
-        metrics.CONNECTIONS.dec()
+        self._unregister()
 
     async def shutdown(self) -> None:
-        """The drain deadline passed: fail the response and close with 1001."""
+        """The drain deadline passed: fail the response and close with 1001 (deadlined)."""
         self._shutdown = True
         await self._cancel_running("shutdown")
-        if not self._closed:
-            self._closed = True
-            with contextlib.suppress(Exception):
-                await self.ws.close(code=CLOSE_GOING_AWAY, reason="server shutting down")
+        await self._close(CLOSE_GOING_AWAY, "server shutting down")

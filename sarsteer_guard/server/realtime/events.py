@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sarsteer_guard.server.realtime.errors import RealtimeError, unsupported
-from sarsteer_guard.server.realtime.session import check_modalities, parse_max_tokens
+from sarsteer_guard.server.realtime.session import (
+    check_modalities,
+    client_text,
+    optional_id,
+    parse_max_tokens,
+)
+from sarsteer_guard.server.validation import load_json
 
 Role = Literal["user", "assistant", "system"]
 
@@ -124,12 +129,12 @@ def parse_event(frame: str | bytes, *, max_bytes: int) -> ClientEvent:
             f"{max_bytes}: append audio in smaller chunks",
         )
     try:
-        data = json.loads(frame)
+        data = load_json(frame)  # bounded depth and integers; raises only ValueError
     except ValueError as error:
-        raise RealtimeError("invalid_json", f"event is not JSON: {error}") from error
+        raise RealtimeError("invalid_json", f"event is not JSON: {error}") from None
     if not isinstance(data, dict):
         raise RealtimeError("invalid_json", "an event must be a JSON object")
-    event_id = data.get("event_id") if isinstance(data.get("event_id"), str) else None
+    event_id = optional_id(data.get("event_id"), "event_id")
     try:
         return _parse(data, event_id)
     except RealtimeError as error:
@@ -147,11 +152,10 @@ def _parse(data: Mapping[str, Any], event_id: str | None) -> ClientEvent:
     if kind == "input_audio_buffer.clear":
         return AudioClear(event_id)
     if kind == "conversation.item.create":
-        previous = data.get("previous_item_id")
         return ItemCreate(
             event_id,
             _item(_object(data.get("item"), "item")),
-            previous if isinstance(previous, str) else None,
+            optional_id(data.get("previous_item_id"), "previous_item_id"),
         )
     if kind in (
         "conversation.item.delete",
@@ -162,14 +166,13 @@ def _parse(data: Mapping[str, Any], event_id: str | None) -> ClientEvent:
         return ItemRef(
             event_id,
             kind.rsplit(".", 1)[1],
-            _str(data.get("item_id"), "item_id"),
+            client_text(_str(data.get("item_id"), "item_id"), "item_id", identifier=True),
             end if isinstance(end, int) else 0,
         )
     if kind == "response.create":
         return _response_create(_object(data.get("response") or {}, "response"), event_id)
     if kind == "response.cancel":
-        rid = data.get("response_id")
-        return ResponseCancel(event_id, rid if isinstance(rid, str) else None)
+        return ResponseCancel(event_id, optional_id(data.get("response_id"), "response_id"))
     if kind == "output_audio_buffer.clear":
         raise unsupported("output audio (output_audio_buffer.clear)", "type")
     raise RealtimeError(
@@ -185,16 +188,55 @@ def _response_create(response: Mapping[str, Any], event_id: str | None) -> Respo
         raise unsupported("tools (function calling)", "response.tools")
     if response.get("conversation") == "none" or response.get("input"):
         raise unsupported("out-of-band responses (conversation/input)", "response.conversation")
-    raw = response.get("metadata") or {}
-    if not isinstance(raw, Mapping) or not all(isinstance(v, str) for v in raw.values()):
-        raise RealtimeError(
-            "invalid_value",
-            "response.metadata must map strings to strings",
-            param="response.metadata",
-        )
     tokens = response.get("max_output_tokens", response.get("max_response_output_tokens"))
     limit = None if tokens is None else parse_max_tokens(tokens, "response.max_output_tokens")
-    return ResponseCreate(event_id, {str(k): v for k, v in raw.items()}, limit)
+    return ResponseCreate(event_id, _metadata(response.get("metadata") or {}), limit)
+
+
+#: OpenAI's metadata limits: 16 pairs, keys of 64 characters, values of 512.
+MAX_METADATA_KEYS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
+#: Metadata keys the guard writes itself (its decision): a client may not send them.
+RESERVED_METADATA_PREFIX = "sarsteer_"
+
+
+def _metadata(raw: object) -> dict[str, str]:
+    """``response.metadata`` within OpenAI's limits, clean text, no ``sarsteer_`` keys.
+
+    The guard's decision goes into the same metadata under ``sarsteer_`` keys: a client
+    key there would spoof (or be overwritten by) the guard's own, so it is refused.
+    """
+    param = "response.metadata"
+    if (
+        not isinstance(raw, Mapping)
+        or len(raw) > MAX_METADATA_KEYS
+        or not all(isinstance(v, str) for v in raw.values())
+    ):
+        raise RealtimeError(
+            "invalid_value",
+            f"response.metadata must map at most {MAX_METADATA_KEYS} strings to strings",
+            param=param,
+        )
+    clean: dict[str, str] = {}
+    for key, value in raw.items():
+        if len(key) > MAX_METADATA_KEY_CHARS or len(value) > MAX_METADATA_VALUE_CHARS:
+            raise RealtimeError(
+                "invalid_value",
+                f"response.metadata keys hold at most {MAX_METADATA_KEY_CHARS} characters "
+                f"and values {MAX_METADATA_VALUE_CHARS}",
+                param=param,
+            )
+        if key.startswith(RESERVED_METADATA_PREFIX):
+            raise RealtimeError(
+                "invalid_value",
+                f"response.metadata key {key[:20]!r}: keys starting with "
+                f"{RESERVED_METADATA_PREFIX!r} are the guard's own; rename it",
+                param=param,
+            )
+        name = client_text(key, f"{param} key", identifier=True)
+        clean[name] = client_text(value, f"{param}[{name!r}]")
+    return clean
 
 
 def _item(item: Mapping[str, Any]) -> NewItem:
@@ -210,14 +252,15 @@ def _item(item: Mapping[str, Any]) -> NewItem:
         raise RealtimeError(
             "invalid_value", "item.content must be a non-empty list", param="item.content"
         )
-    item_id = item.get("id") if isinstance(item.get("id"), str) else None
+    item_id = optional_id(item.get("id"), "item.id")
     texts: list[str] = []
     audio: list[bytes] = []
     for part in content:
         part = _object(part, "item.content[]")
         kind = part.get("type")
         if kind in ("input_text", "text", "output_text"):
-            texts.append(_str(part.get("text", ""), "item.content[].text"))
+            text = _str(part.get("text", ""), "item.content[].text")
+            texts.append(client_text(text, "item.content[].text"))
         elif kind == "input_audio" and role == "user":
             audio.append(_base64(part.get("audio"), "item.content[].audio"))
         else:
