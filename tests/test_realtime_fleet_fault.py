@@ -241,13 +241,27 @@ async def test_sigterm_drains_one_replica_while_the_other_takes_new_turns() -> N
             )
             await asyncio.sleep(0.3)
             a.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            # While A drains, a new caller is refused by A (503) and served by B.
+            newcomer = RemoteGuard(
+                [f"ws://127.0.0.1:{port_a}/v1/turns", f"ws://127.0.0.1:{port_b}/v1/turns"],
+                backoff_base_s=0.05,
+            )
+            try:
+                fresh = await run_turn(newcomer, Turn(audio=pcm, session_id="n", turn_id="new"))
+                assert isinstance(fresh[-1], TurnDecision), fresh[-1]
+                assert newcomer.url.endswith(f":{port_b}/v1/turns")
+            finally:
+                await newcomer.close()
             events = await in_flight
             assert isinstance(events[-1], TurnDecision)  # finished inside the grace period
             assert events[-1].text == reply
-            # A closed the socket (1001) after draining; the next turn goes to B.
+            # A closes the socket (1001) after draining and exits; the next turn goes to B.
+            # (Wait for the exit: a turn sent in the instant A's close frame is in flight is
+            # lost with a `connection` error by design; the client decides whether to retry.)
+            assert await asyncio.to_thread(a.wait, 15) == 0
             after = await run_turn(guard, Turn(audio=pcm, session_id="s", turn_id="next"))
             assert isinstance(after[-1], TurnDecision), after[-1]
             assert guard.url.endswith(f":{port_b}/v1/turns")
-            assert a.wait(timeout=15) == 0
         finally:
             await guard.close()
