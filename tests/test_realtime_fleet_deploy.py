@@ -42,7 +42,7 @@ def test_compose_runs_two_replicas_behind_the_load_balancer() -> None:
     assert guard["deploy"]["replicas"] == 2
     assert "ports" not in guard  # replicas are reached through the load balancer only
     assert guard["environment"]["SARSTEER_HISTORY_URL"].startswith("redis://")
-    assert guard["environment"]["SARSTEER_HISTORY_URL"].endswith("@redis:6379/2")
+    assert guard["environment"]["SARSTEER_HISTORY_URL"].endswith("@redis-history:6379/0")
     assert "./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in lb["volumes"]
     assert lb["depends_on"]["guard"]["condition"] == "service_healthy"
     cfg = HAPROXY_CFG.read_text()
