@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sarsteer_guard.errors import GuardError, StoreUnavailableError, one_line
+from sarsteer_guard.errors import MODEL_REQUIRED, GuardError, StoreUnavailableError, one_line
 from sarsteer_guard.guard import metrics
 from sarsteer_guard.guard.auditing import warn_unsalted_fields
 from sarsteer_guard.guard.backend import GenerationBackend, RowDelta, RowDone, RowFailed, RowHandle
@@ -54,13 +54,6 @@ if TYPE_CHECKING:
     from sarsteer_guard.store import VectorStore
 
 log = get_logger(__name__)
-
-#: The error when no model is named (the old default was the random ``tiny``).
-MODEL_REQUIRED = (
-    "no model given: pass model=<hub id or local directory> (e.g. "
-    "Qwen/Qwen2-Audio-7B-Instruct); the built-in test models (tiny, tiny-planted) guard "
-    "nothing and must be named explicitly"
-)
 
 
 class Guard:
