@@ -27,6 +27,7 @@ from websockets.protocol import State
 
 from sarsteer_guard.audio.pcm import float_to_pcm16
 from sarsteer_guard.errors import AudioError, GuardError, GuardOptionsError
+from sarsteer_guard.guard.edge import checked_turn
 from sarsteer_guard.guard.events import GuardEvent, Turn, TurnDecision, TurnError
 from sarsteer_guard.log import get_logger
 from sarsteer_guard.server.protocol import (
@@ -280,6 +281,7 @@ class RemoteGuard:
             self._warned_history = True
             log.warning("remote.history_ignored", hint="the server keeps history per session_id")
         try:
+            turn, _ = checked_turn(turn)  # the Guard edge's rules: same outcome as in-process
             pcm, sample_format = _pcm(turn)
             start = _start_message(turn, sample_format)
             ws = await self._connection()

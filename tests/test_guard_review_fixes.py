@@ -129,22 +129,22 @@ def test_one_no_model_message_everywhere() -> None:
 
 class ClosingStore:
     def __init__(self) -> None:
-        self.closed = 0
+        self.close_calls = 0
 
     def close(self) -> None:
-        self.closed += 1
+        self.close_calls += 1
 
 
 class AuditThatWillNotOpen(CapturingAuditLog):
     def __init__(self) -> None:
         super().__init__()
-        self.closed = 0
+        self.close_calls = 0
 
     def open(self) -> None:
         raise GuardError("audit log unreachable and no spool")
 
     def close(self) -> None:
-        self.closed += 1
+        self.close_calls += 1
 
 
 def test_a_failed_start_closes_what_it_opened(tiny: Any) -> None:
@@ -153,14 +153,14 @@ def test_a_failed_start_closes_what_it_opened(tiny: Any) -> None:
     store, audit = ClosingStore(), AuditThatWillNotOpen()
     with pytest.raises(GuardError, match="unreachable"):
         open_resources(
-            SimpleNamespace(facts=tiny.facts),  # type: ignore[arg-type]
+            SimpleNamespace(facts=tiny.facts),
             store=store,  # type: ignore[arg-type]
             audit=audit,
             vectors=None,
             calibration_batch_size=1,
             progress=False,
         )
-    assert (store.closed, audit.closed) == (1, 1)
+    assert (store.close_calls, audit.close_calls) == (1, 1)
 
 
 @pytest.mark.parametrize("url", ["", " , ", []])
@@ -169,3 +169,62 @@ def test_remote_guard_without_a_url_is_a_configuration_error(url: Any) -> None:
 
     with pytest.raises(GuardOptionsError, match="needs a guard URL"):
         RemoteGuard(url)
+
+
+# -- items 5 and 7: one rule for context None and one set of text rules --------------------
+def _tone() -> bytes:
+    from sarsteer_guard.audio.pcm import float_to_pcm16
+
+    t = np.arange(8000, dtype=np.float32) / 16000
+    return float_to_pcm16((0.2 * np.sin(2 * np.pi * 220 * t)).astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("turn", "says"),
+    [
+        (Turn(audio=b"", context={"tier": None}), "is null: leave the key out"),  # type: ignore[dict-item]
+        (Turn(audio=b"", session_id="call\n2"), "session_id holds control characters"),
+        (Turn(audio=b"", session_id="s\ud800"), "session_id is not valid Unicode"),
+        (Turn(audio=b"", context={"note": "a\x00b"}), "holds control characters"),
+    ],
+)
+def test_in_process_and_remote_refuse_the_same_turns_alike(
+    tiny: Any, tmp_path: Any, turn: Turn, says: str
+) -> None:
+    import asyncio
+    import dataclasses
+
+    from sarsteer_guard.guard.core import Guard
+    from sarsteer_guard.remote import RemoteGuard
+
+    turn = dataclasses.replace(turn, audio=_tone())
+    policy = tmp_path / "p.yaml"
+    policy.write_bytes(POLICY)
+    guard = Guard(tiny, policy, str(tmp_path / "store"), CapturingAuditLog(), watch_policy=False)
+
+    async def go() -> tuple[Any, Any]:
+        async with guard:
+            local = [e async for e in guard.respond(turn)]
+        remote = RemoteGuard("ws://127.0.0.1:9/v1/turns", max_retries=0)  # refused before I/O
+        sent = [e async for e in remote.respond(turn)]
+        return local, sent
+
+    [local], [sent] = asyncio.run(go())
+    assert (local.kind, sent.kind) == ("bad_request", "bad_request")
+    assert local.message == sent.message
+    assert says in local.message
+
+
+def test_edge_text_follows_the_protocol_rules() -> None:
+    from sarsteer_guard import text_rules
+    from sarsteer_guard.guard.edge import checked_turn
+    from sarsteer_guard.server import validation
+
+    assert validation.clean_text is text_rules.clean_text  # still importable from there
+    fixed, changed = checked_turn(Turn(audio=b"", context={"name": "Jose\u0301", "n": 1}))
+    assert changed
+    assert dict(fixed.context) == {"name": validation.clean_text("Jose\u0301"), "n": 1}
+    assert dict(fixed.context)["name"] == "Jos\u00e9"  # NFC, as the server stores it
+    repaired, changed = checked_turn(Turn(audio=b"", context={"x": "a\ud800b"}))
+    assert changed
+    assert dict(repaired.context) == {"x": "a\ufffdb"}  # text is repaired, ids never
