@@ -159,14 +159,15 @@ async def test_websockets_pass_and_a_draining_replica_gets_no_new_connections(
 
 
 def test_remote_guard_takes_several_urls() -> None:
-    from sarsteer_guard.remote import RemoteAuthError, RemoteGuard
+    from sarsteer_guard.errors import GuardOptionsError
+    from sarsteer_guard.remote import RemoteGuard
 
     assert RemoteGuard("ws://a:1/v1/turns, ws://b:2/v1/turns").urls == [
         "ws://a:1/v1/turns",
         "ws://b:2/v1/turns",
     ]
     assert RemoteGuard(["ws://a:1/v1/turns"]).url == "ws://a:1/v1/turns"
-    with pytest.raises(RemoteAuthError, match="needs a guard URL"):
+    with pytest.raises(GuardOptionsError, match="needs a guard URL"):  # a config error (review 12)
         RemoteGuard(" , ")
 
 
