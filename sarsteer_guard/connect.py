@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sarsteer_guard.errors import GuardError, one_line
+from sarsteer_guard.errors import MODEL_REQUIRED, GuardError, GuardOptionsError, one_line
 from sarsteer_guard.guard.events import GuardEvent, SpeechGuard, Turn
 from sarsteer_guard.log import get_logger
 
@@ -37,20 +37,6 @@ log = get_logger(__name__)
 
 #: What builds a guard on first use (no I/O: construction only).
 GuardBuilder = Callable[[], SpeechGuard]
-
-
-class GuardOptionsError(GuardError, ValueError):
-    """Options that contradict each other (a ValueError too, as adapters documented)."""
-
-    kind = "config"
-
-
-#: An adapter built without ``guard=``, ``remote_url=`` or ``model=``.
-MODEL_REQUIRED = (
-    "no model given: pass model=<hub id or local directory> (e.g. "
-    "Qwen/Qwen2-Audio-7B-Instruct), guard= or remote_url=; the built-in test models "
-    "(tiny, tiny-planted) guard nothing and must be named explicitly"
-)
 
 
 def build_guard(

@@ -32,6 +32,24 @@ class GuardError(Exception):
     kind: str = "error"
 
 
+#: The one "no model given" message (Guard, adapters; the CLI adds its flag). There is no
+#: default model: the old default was the random ``tiny``, which guards nothing.
+MODEL_REQUIRED = (
+    "no model given: pass model=<hub id or local directory> (e.g. "
+    "Qwen/Qwen2-Audio-7B-Instruct), or to an adapter guard= or remote_url=; the built-in "
+    "test models (tiny, tiny-planted) guard nothing and must be named explicitly"
+)
+
+
+class GuardOptionsError(GuardError, ValueError):
+    """Options that contradict each other or are missing: a configuration error.
+
+    A ValueError too, as the adapters documented.
+    """
+
+    kind = "config"
+
+
 class AudioError(GuardError):
     """Audio that cannot be used: missing, empty, corrupt, unsupported format or rate."""
 

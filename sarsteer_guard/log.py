@@ -15,9 +15,11 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, TextIO, cast
 
 import structlog
+from structlog.processors import TimeStamper
+from structlog.typing import Processor
 
 #: Environment variable choosing the log format: ``json`` or ``text``.
 LOG_FORMAT_ENV = "SARSTEER_LOG_FORMAT"
@@ -77,7 +79,7 @@ def configure_logging(
             fmt = resolve_format()
         except ValueError:
             fmt = resolve_format(environ={})
-    renderer: Any = (
+    renderer: Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
@@ -116,7 +118,8 @@ class _CurrentStderr:
         sys.stderr.flush()
 
 
-_STDERR: Any = _CurrentStderr()
+#: Typed as the stream structlog's factory asks for; it only ever calls write and flush.
+_STDERR: TextIO = cast("TextIO", _CurrentStderr())
 
 
 class _StderrHandler(logging.Handler):
@@ -129,7 +132,7 @@ class _StderrHandler(logging.Handler):
             self.handleError(record)
 
 
-def _route_stdlib(renderer: Any, stamp: Any) -> None:
+def _route_stdlib(renderer: Processor, stamp: TimeStamper) -> None:
     """Render standard-library records (uvicorn's among them) like structlog events.
 
     The root logger's level is left alone (libraries' INFO chatter stays off); only our

@@ -26,7 +26,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.protocol import State
 
 from sarsteer_guard.audio.pcm import float_to_pcm16
-from sarsteer_guard.errors import AudioError, GuardError
+from sarsteer_guard.errors import AudioError, GuardError, GuardOptionsError
+from sarsteer_guard.guard.edge import checked_turn
 from sarsteer_guard.guard.events import GuardEvent, Turn, TurnDecision, TurnError
 from sarsteer_guard.log import get_logger
 from sarsteer_guard.server.protocol import (
@@ -98,7 +99,7 @@ class RemoteGuard:
         urls = url.split(",") if isinstance(url, str) else list(url)
         self.urls = [u.strip() for u in urls if u.strip()]
         if not self.urls:
-            raise RemoteAuthError("RemoteGuard needs a guard URL: ws://host:port/v1/turns")
+            raise GuardOptionsError("RemoteGuard needs a guard URL: ws://host:port/v1/turns")
         self.url = self.urls[0]  # the replica in use (or tried last)
         self._token = token if token is not None else (os.environ.get(WORKER_TOKEN_ENV) or None)
         self.connect_timeout_s = connect_timeout_s
@@ -280,6 +281,7 @@ class RemoteGuard:
             self._warned_history = True
             log.warning("remote.history_ignored", hint="the server keeps history per session_id")
         try:
+            turn, _ = checked_turn(turn)  # the Guard edge's rules: same outcome as in-process
             pcm, sample_format = _pcm(turn)
             start = _start_message(turn, sample_format)
             ws = await self._connection()

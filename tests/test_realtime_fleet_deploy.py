@@ -42,7 +42,7 @@ def test_compose_runs_two_replicas_behind_the_load_balancer() -> None:
     assert guard["deploy"]["replicas"] == 2
     assert "ports" not in guard  # replicas are reached through the load balancer only
     assert guard["environment"]["SARSTEER_HISTORY_URL"].startswith("redis://")
-    assert guard["environment"]["SARSTEER_HISTORY_URL"].endswith("@redis:6379/2")
+    assert guard["environment"]["SARSTEER_HISTORY_URL"].endswith("@redis-history:6379/0")
     assert "./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in lb["volumes"]
     assert lb["depends_on"]["guard"]["condition"] == "service_healthy"
     cfg = HAPROXY_CFG.read_text()
@@ -159,14 +159,15 @@ async def test_websockets_pass_and_a_draining_replica_gets_no_new_connections(
 
 
 def test_remote_guard_takes_several_urls() -> None:
-    from sarsteer_guard.remote import RemoteAuthError, RemoteGuard
+    from sarsteer_guard.errors import GuardOptionsError
+    from sarsteer_guard.remote import RemoteGuard
 
     assert RemoteGuard("ws://a:1/v1/turns, ws://b:2/v1/turns").urls == [
         "ws://a:1/v1/turns",
         "ws://b:2/v1/turns",
     ]
     assert RemoteGuard(["ws://a:1/v1/turns"]).url == "ws://a:1/v1/turns"
-    with pytest.raises(RemoteAuthError, match="needs a guard URL"):
+    with pytest.raises(GuardOptionsError, match="needs a guard URL"):  # a config error (review 12)
         RemoteGuard(" , ")
 
 

@@ -145,7 +145,7 @@ async def test_kill_9_mid_turn_loses_no_history(tmp_path: Path) -> None:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     history = redis.Redis.from_url(REDIS_URL)
-    key = f"sarsteer:history:{session}"
+    key = f"sarsteer:history:x:{session}"  # the exchanges (history_redis key layout)
     with ExitStack() as stack:
         a, port_a = stack.enter_context(
             replica(
@@ -215,7 +215,8 @@ async def test_kill_9_mid_turn_loses_no_history(tmp_path: Path) -> None:
             await eventually(lambda: decided[2].audit_id in audit_ids(audit_b))
         finally:
             await guard.close()
-            history.delete(key)
+            history.delete(key, f"sarsteer:history:m:{session}")
+            history.zrem("sarsteer:history:sessions", session)
 
 
 async def test_sigterm_drains_one_replica_while_the_other_takes_new_turns() -> None:

@@ -53,6 +53,8 @@ def audio(seconds: float, seed: int = 0) -> np.ndarray:
         ({"max_exchanges": 3}, [0.5] * 5),  # the count budget
         ({"max_tokens": 120}, [1.0, 2.0, 1.5, 0.5, 3.0]),  # the token budget (25 tok/s audio)
         ({"max_exchanges": 0}, [0.5, 0.5]),  # history off
+        ({"max_session_bytes": 200_000}, [1.0, 2.0, 0.5, 1.5]),  # the per-session bytes
+        ({"max_bytes": 150_000}, [1.0, 1.5, 0.5, 0.2]),  # a session never exceeds the total
     ],
 )
 def test_same_budgets_as_the_memory_store(
@@ -118,3 +120,61 @@ def test_an_unreachable_redis_costs_the_history_not_the_turn() -> None:
     assert store.history("s") == []
     store.forget("s")
     assert time.monotonic() - started < 3.0
+
+
+def test_a_foreign_element_is_skipped_logged_and_trimmed(prefix: str) -> None:
+    from structlog.testing import capture_logs
+
+    store = replica(prefix)
+    store.append("s", audio(0.2), 16000, "first")
+    client = redis.Redis.from_url(REDIS_URL)
+    client.lpush(f"{prefix}x:s", b"not json\n\x00")  # written by something else
+    client.lpush(f"{prefix}m:s", b"garbage")
+    with capture_logs() as logs:
+        texts = [i.text for i in store.history("s") if i.role == "assistant"]
+        store.append("s", audio(0.2), 16000, "second")
+    assert texts == ["first"]
+    assert "history.bad_element" in [entry["event"] for entry in logs]
+    # the unparseable size list made every held exchange oversize: only the new one stays
+    assert [i.text for i in store.history("s") if i.role == "assistant"] == ["second"]
+
+
+def test_appends_read_sizes_not_audio(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = replica(prefix)
+    store.append("s", audio(1.0), 16000, "one")
+    seen: list[tuple[object, ...]] = []
+    execute = redis.client.Pipeline.execute_command
+
+    def spy(self: redis.client.Pipeline, *args: object, **kwargs: object) -> object:
+        seen.append(args)
+        return execute(self, *args, **kwargs)
+
+    monkeypatch.setattr(redis.client.Pipeline, "execute_command", spy)
+    store.append("s", audio(1.0), 16000, "two")
+    reads = [args for args in seen if args[0] == "LRANGE"]
+    assert reads
+    assert all(str(args[1]).startswith(f"{prefix}m:") for args in reads)
+
+
+def test_sessions_beyond_the_cap_are_evicted_least_recently_used_first(prefix: str) -> None:
+    store = replica(prefix, max_sessions=2)
+    for session in ("a", "b"):
+        store.append(session, audio(0.1), 16000, session)
+    store.history("a")
+    store.append("a", audio(0.1), 16000, "a again")  # a is now the most recent
+    store.append("c", audio(0.1), 16000, "c")
+    assert len(store) == 2
+    assert store.history("b") == []
+    assert [i.text for i in store.history("a") if i.role == "assistant"] == ["a", "a again"]
+    assert store.history("c") != []
+
+
+def test_len_is_answered_without_a_key_scan(prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = replica(prefix)
+    store.append("s", audio(0.1), 16000, "hi")
+
+    def no_scan(*_: object, **__: object) -> object:
+        raise AssertionError("len() scanned the keyspace")
+
+    monkeypatch.setattr(store._redis, "scan_iter", no_scan)
+    assert len(store) == 1

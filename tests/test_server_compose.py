@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = Path(__file__).resolve().parent / "data" / "compose-spec.json"
 REQUIRED_ENV = {
+    "SARSTEER_MODEL": "Qwen/Qwen2-Audio-7B-Instruct",
     "SARSTEER_GUARD_TOKEN": "w" * 32,
     "SARSTEER_REDIS_PASSWORD": "r" * 32,
     "SARSTEER_VECTOR_KEY": "ab" * 32,
@@ -132,3 +133,25 @@ def test_dockerfile_runs_serve_as_non_root() -> None:
     assert "USER guard" in guard_stage
     assert 'ENTRYPOINT ["sarsteer-guard", "serve"]' in guard_stage
     assert '"--host", "0.0.0.0"' in guard_stage
+
+
+def test_the_model_has_no_default(compose: dict[str, Any]) -> None:
+    """Review item 4: no random test model by default (issue 10 item 23) in any guard."""
+    for name in ("guard", "guard-vllm"):
+        command = compose["services"][name]["command"]
+        model = command[command.index("--model") + 1]
+        assert model == "${SARSTEER_MODEL:?set SARSTEER_MODEL in .env}", name
+
+
+def test_history_has_its_own_redis_without_persistence(compose: dict[str, Any]) -> None:
+    """Review item 3: user audio in history never reaches a disk; memory is bounded."""
+    history = compose["services"]["redis-history"]
+    command = " ".join(history["command"])
+    assert "--appendonly no" in command
+    assert '--save ""' in command
+    assert "--maxmemory-policy allkeys-lru" in command
+    assert "--maxmemory " in command
+    assert "volumes" not in history
+    guard = compose["services"]["guard"]
+    assert guard["environment"]["SARSTEER_HISTORY_URL"].endswith("@redis-history:6379/0")
+    assert guard["depends_on"]["redis-history"]["condition"] == "service_healthy"

@@ -16,9 +16,10 @@ A draft where anything changed carries the flag :data:`NORMALISED_FLAG`.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
+
+from sarsteer_guard.text_rules import repair_surrogates
 
 #: Flag added to a draft whose values had to be changed to be storable.
 NORMALISED_FLAG = "normalised"
@@ -28,7 +29,6 @@ MAX_CONTEXT_DEPTH = 32
 #: integers of more than 4300 digits, about 14,000 bits, as decimal).
 MAX_INT_BITS = 4096
 
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 JsonValue = Any
 """A JSON-compatible value (dict/list/str/int/float/bool/None)."""
@@ -39,11 +39,10 @@ def safe_text(value: str) -> str:
 
     Python strings may hold UTF-16 surrogates (from ``json.loads('"\\ud800"')``, or a
     client that split an emoji); they cannot be encoded as UTF-8, so an audit write of
-    such text would fail after the turn's record id was handed out.
+    such text would fail after the turn's record id was handed out. The rule lives in
+    :func:`sarsteer_guard.text_rules.repair_surrogates`.
     """
-    if value.isascii() or _SURROGATE.search(value) is None:
-        return value
-    return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return repair_surrogates(value)
 
 
 class Normaliser:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sarsteer_guard.errors import GuardError, one_line
+from sarsteer_guard.errors import MODEL_REQUIRED, GuardError, one_line
 
 ContextValue = str | int | float | bool
 
@@ -126,11 +126,7 @@ def require_model(model: str | None, command: str) -> str:
     the flag guarded nothing. Built-ins still work when named.
     """
     if model is None or not model.strip():
-        raise GuardError(
-            f"{command} needs --model: a hub id or local checkpoint "
-            "(e.g. Qwen/Qwen2-Audio-7B-Instruct), or a built-in named on purpose "
-            "(--model tiny-planted for a trial)"
-        )
+        raise GuardError(f"{command} needs --model: {MODEL_REQUIRED.replace('model=', '--model ')}")
     return model
 
 

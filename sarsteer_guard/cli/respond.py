@@ -8,7 +8,11 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sarsteer_guard.audio.pcm import FloatArray
+    from sarsteer_guard.guard.events import ContextValue
 
 from sarsteer_guard.cli._common import (
     AUDIT_DEFAULT,
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(_respond(args, audio, rate, context))
 
 
-def _read_clip(path: Path) -> tuple[Any, int]:
+def _read_clip(path: Path) -> tuple[FloatArray, int]:
     """The clip as float32 mono at its own rate, within what the Guard accepts.
 
     ``-`` reads standard input; anything else must be a regular file (a FIFO would
@@ -99,7 +103,9 @@ def _read_clip(path: Path) -> tuple[Any, int]:
     return audio, rate
 
 
-async def _respond(args: argparse.Namespace, audio: Any, rate: int, context: Any) -> int:
+async def _respond(
+    args: argparse.Namespace, audio: FloatArray, rate: int, context: dict[str, ContextValue]
+) -> int:
     from sarsteer_guard.guard.core import Guard
     from sarsteer_guard.guard.events import TextDelta, Turn, TurnDecision
 

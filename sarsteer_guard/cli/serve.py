@@ -181,7 +181,7 @@ def _guard(args: argparse.Namespace) -> SpeechGuard:
         return scripted
     from sarsteer_guard.guard.core import Guard
 
-    guard = Guard(
+    return Guard(
         model=args.model,
         policy=args.policy,
         store=args.store,
@@ -190,12 +190,8 @@ def _guard(args: argparse.Namespace) -> SpeechGuard:
         max_queue=args.max_queue,
         max_turn_s=args.max_turn_s,
         engine=args.engine,
+        history=os.environ.get(HISTORY_URL_ENV) or None,  # replicas share session history
     )
-    if history_url := os.environ.get(HISTORY_URL_ENV):  # replicas share session history
-        from sarsteer_guard.guard.history_redis import redis_history
-
-        guard.conversations = redis_history(history_url, like=guard.conversations)
-    return guard
 
 
 def run(args: argparse.Namespace) -> int:
@@ -222,8 +218,12 @@ def run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     settings.check()  # before loading a model: a bad setting should fail in milliseconds
     sock = bind_socket(settings.host, settings.port)
-    settings = replace(settings, port=sock.getsockname()[1])  # --port 0 picks a free one
-    app = create_app(_guard(args), settings)
+    try:
+        settings = replace(settings, port=sock.getsockname()[1])  # --port 0 picks a free one
+        app = create_app(_guard(args), settings)
+    except BaseException:
+        sock.close()  # the port is free again for the fixed command line
+        raise
     app.state.service.url = client_url(settings.host, settings.port)
     return run_server(app, settings, sock)
 

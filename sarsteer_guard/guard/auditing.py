@@ -5,12 +5,14 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
-from typing import TYPE_CHECKING
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import numpy as np
+from pydantic import JsonValue
 
 from sarsteer_guard.audio.pcm import float_to_pcm16
 from sarsteer_guard.audit.record import (
@@ -159,12 +161,27 @@ class AuditWriter:
                 )
             except Exception as error:  # write what can be written rather than nothing
                 log.error("guard.audit_degraded", record_id=record_id, error=one_line(error))
-                draft = reduced_draft(turn, event, audio, facts, record_id, decision)
+                draft = _draft(
+                    turn=turn,
+                    decision=decision,
+                    event=event,
+                    audio=audio,
+                    sample_rate=facts.sampling_rate,
+                    model_id=facts.model_id,
+                    model_fingerprint=facts.fingerprint,
+                    record_id=record_id,
+                    degraded=True,
+                )
         except Exception as error:  # pragma: no cover - the reduced draft has no free text
             metrics.AUDIT_FAILURES.inc()
             log.error("guard.audit_lost", record_id=record_id, error=one_line(error))
             return
         self._retry.deliver(draft)
+
+
+#: Extra tries at close, spaced by ``min(interval_s, _CLOSE_RETRY_PAUSE_S)``.
+_CLOSE_RETRIES = 3
+_CLOSE_RETRY_PAUSE_S = 0.2
 
 
 class _Redelivery:
@@ -185,12 +202,19 @@ class _Redelivery:
             return len(self._pending)
 
     def deliver(self, draft: AuditDraft) -> None:
-        """Append ``draft`` after any waiting ones; on failure keep it and retry later."""
+        """Append ``draft`` after any waiting ones; on failure keep it and retry later.
+
+        While the retry thread runs, a new draft is only queued behind the backlog: the
+        thread retries every ``interval_s``, and retrying the whole backlog here would
+        block each audit worker on a log that is known to be refusing.
+        """
         with self._lock:
             self._pending.append(draft)
             while len(self._pending) > self._max_pending:
                 self._lose(self._pending.popleft(), "too many records waiting for the audit log")
-            if not self._flush() and self._thread is None and not self._stop.is_set():
+            if self._thread is not None:
+                return  # the retry thread owns the backlog: no synchronous retry per record
+            if not self._flush() and not self._stop.is_set():
                 self._thread = threading.Thread(
                     target=self._run, name="sarsteer-audit-retry", daemon=True
                 )
@@ -221,14 +245,24 @@ class _Redelivery:
                     return
 
     def close(self) -> None:
-        """Stop retrying in the background, try once more, report what is still refused."""
+        """Stop retrying in the background, try a few more times, report what is refused.
+
+        New drafts are not retried per record while the thread runs, so the last ones
+        may have been tried only once: close gives them ``_CLOSE_RETRIES`` short tries.
+        """
         self._stop.set()
         thread = self._thread
         if thread is not None:
             thread.join()
         with self._lock:
             self._thread = None
-            if not self._flush():
+            flushed = self._flush()
+            for _ in range(_CLOSE_RETRIES):  # a brief outage at shutdown costs no records
+                if flushed:
+                    break
+                time.sleep(min(self._interval_s, _CLOSE_RETRY_PAUSE_S))
+                flushed = self._flush()
+            if not flushed:
                 while self._pending:
                     self._lose(self._pending.popleft(), "the audit log still refused it at close")
 
@@ -236,43 +270,6 @@ class _Redelivery:
     def _lose(draft: AuditDraft, why: str) -> None:
         metrics.AUDIT_FAILURES.inc()
         log.error("guard.audit_lost", record_id=draft.id, turn_id=draft.turn_id, reason=why)
-
-
-def reduced_draft(
-    turn: Turn,
-    event: TurnDecision,
-    audio: np.ndarray,
-    facts: ModelFacts,
-    record_id: str,
-    decision: PolicyDecision,
-) -> AuditDraft:
-    """The record when the full draft cannot be built: no context, no kept audio.
-
-    Every field is either fixed-format or repaired by the draft's own validators, so a
-    record whose id was handed out can still be written (flag ``audit_degraded``).
-    """
-    now = utcnow()
-    alpha = event.alpha if np.isfinite(event.alpha) else 0.0
-    return AuditDraft(
-        id=record_id,
-        time=now,
-        turn_id=turn.turn_id,
-        session_id=turn.session_id,
-        policy_name=event.policy,
-        policy_version=event.policy_version,
-        policy_hash=event.policy_hash,
-        rule=event.rule,
-        mode=event.mode,
-        alpha=alpha,
-        model_id=facts.model_id,
-        model_fingerprint=facts.fingerprint,
-        refused=event.refused,
-        response_text=event.model_text,
-        served_text=event.text,
-        audio_sha256=audio_sha256(float_to_pcm16(audio)),
-        flags=(*event.flags, "audit_degraded"),
-        retention_until=now + timedelta(days=decision.audit.retention_days),
-    )
 
 
 def _shadow_flagged(event: TurnDecision) -> bool:
@@ -301,11 +298,94 @@ def build_audit_draft(
     model_id: str,
     model_fingerprint: str,
     record_id: str | None = None,
+    degraded: bool = False,
 ) -> AuditDraft:
-    """Build the record for one turn: audio hashed always, kept only if the policy says so."""
+    """Build the record for one turn: audio hashed always, kept only if the policy says so.
+
+    ``degraded=True`` is the record when the full one cannot be built: no context, no kept
+    audio, no detector or shadow details, flag ``audit_degraded``; every field left is
+    fixed-format or repaired by the draft's own validators, so a record whose id was
+    handed out can still be written.
+    """
+    return _draft(
+        turn=turn,
+        decision=decision,
+        event=event,
+        audio=audio,
+        sample_rate=sample_rate,
+        model_id=model_id,
+        model_fingerprint=model_fingerprint,
+        record_id=record_id,
+        degraded=degraded,
+    )
+
+
+def _draft(
+    *,
+    turn: Turn,
+    decision: PolicyDecision,
+    event: TurnDecision,
+    audio: np.ndarray,
+    sample_rate: int,
+    model_id: str,
+    model_fingerprint: str,
+    record_id: str | None,
+    degraded: bool,
+) -> AuditDraft:
+    """The one builder behind :func:`build_audit_draft` (the writer's fallback calls it)."""
+    now = utcnow()
     settings = decision.audit
-    pcm = float_to_pcm16(audio)
-    flags = list(event.flags)
+    flags = [*event.flags, "audit_degraded"] if degraded else list(event.flags)
+    details: _Details = (
+        {} if degraded else _details(turn, decision, event, audio, sample_rate, flags, now)
+    )
+    return AuditDraft(
+        **({"id": record_id} if record_id is not None else {}),
+        time=now,
+        turn_id=turn.turn_id,
+        session_id=turn.session_id,
+        policy_name=event.policy,
+        policy_version=event.policy_version,
+        policy_hash=event.policy_hash,
+        rule=event.rule,
+        mode=event.mode,
+        alpha=event.alpha if np.isfinite(event.alpha) else 0.0,
+        model_id=model_id,
+        model_fingerprint=model_fingerprint,
+        vector_set_id=event.vector_set_id,
+        refused=event.refused,
+        response_text=event.model_text,
+        served_text=event.text,
+        audio_sha256=audio_sha256(float_to_pcm16(audio)),
+        flags=tuple(flags),
+        retention_until=now + timedelta(days=settings.retention_days),
+        **details,
+    )
+
+
+class _Details(TypedDict, total=False):
+    """The fields a degraded record leaves out."""
+
+    detector: Detection
+    latency_ms: float
+    context: dict[str, JsonValue]
+    audio: str | None
+    audio_format: Literal["flac", "wav"] | None
+    audio_retention_until: datetime | None
+    shadow: ShadowOutcome | None
+
+
+def _details(
+    turn: Turn,
+    decision: PolicyDecision,
+    event: TurnDecision,
+    audio: np.ndarray,
+    sample_rate: int,
+    flags: list[str],
+    now: datetime,
+) -> _Details:
+    """The fields a degraded record leaves out (context, kept audio, detector, shadow)."""
+    settings = decision.audit
     try:
         context = redact_context(turn.context, settings.hash_fields, settings.drop_fields)
     except AuditError as error:
@@ -321,38 +401,18 @@ def build_audit_draft(
         buffer = io.BytesIO()
         sf.write(buffer, audio, sample_rate, format="FLAC", subtype="PCM_16")
         kept_audio = encode_audio(buffer.getvalue())
-    now = utcnow()
-    return AuditDraft(
-        **({"id": record_id} if record_id is not None else {}),
-        time=now,
-        turn_id=turn.turn_id,
-        session_id=turn.session_id,
-        policy_name=event.policy,
-        policy_version=event.policy_version,
-        policy_hash=event.policy_hash,
-        rule=event.rule,
-        mode=event.mode,
-        alpha=event.alpha,
-        model_id=model_id,
-        model_fingerprint=model_fingerprint,
-        vector_set_id=event.vector_set_id,
-        refused=event.refused,
-        detector=Detection(
+    return {
+        "detector": Detection(
             keyword=event.refusal_keyword,
             score=event.refusal_score,
             fixed_message="refusal_message_served" in event.flags or "fail_closed" in event.flags,
         ),
-        response_text=event.model_text,
-        served_text=event.text,
-        latency_ms=max(0.0, event.timings.total_ms),
-        context=context,
-        audio_sha256=audio_sha256(pcm),
-        audio=kept_audio,
-        audio_format="flac" if kept_audio is not None else None,
-        audio_retention_until=None
+        "latency_ms": max(0.0, event.timings.total_ms),
+        "context": context,
+        "audio": kept_audio,
+        "audio_format": "flac" if kept_audio is not None else None,
+        "audio_retention_until": None
         if kept_audio is None
         else now + timedelta(days=settings.audio_retention_days),
-        flags=tuple(flags),
-        retention_until=now + timedelta(days=settings.retention_days),
-        shadow=shadow_record(event),
-    )
+        "shadow": shadow_record(event),
+    }

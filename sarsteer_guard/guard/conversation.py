@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -71,6 +71,10 @@ class ConversationStore:
     idle expiry. Invariant after every call: ``bytes <= max_bytes`` and no session holds
     more than ``max_session_bytes``.
     """
+
+    #: True when calls do blocking I/O (a network store): the guard then runs them in a
+    #: worker thread, never on its event loop. This in-memory store only takes a lock.
+    blocking: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -158,6 +162,9 @@ class ConversationStore:
     def __len__(self) -> int:
         with self._lock:
             return len(self._sessions)
+
+    def close(self) -> None:
+        """Release what the store holds open (nothing, for memory)."""
 
     def _drop(self, session_id: str) -> None:
         session = self._sessions.pop(session_id, None)

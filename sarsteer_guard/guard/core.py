@@ -18,13 +18,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sarsteer_guard.errors import GuardError, StoreUnavailableError, one_line
+from sarsteer_guard.errors import MODEL_REQUIRED, GuardError, StoreUnavailableError, one_line
 from sarsteer_guard.guard import metrics
 from sarsteer_guard.guard.auditing import warn_unsalted_fields
 from sarsteer_guard.guard.backend import GenerationBackend, RowDelta, RowDone, RowFailed, RowHandle
 from sarsteer_guard.guard.conversation import ConversationStore, turn_conversation
 from sarsteer_guard.guard.edge import NORMALISED_FLAG, checked_turn
-from sarsteer_guard.guard.events import GuardEvent, TextDelta, Turn, TurnDecision, TurnError
+from sarsteer_guard.guard.events import (
+    GuardEvent,
+    HistoryItem,
+    TextDelta,
+    Turn,
+    TurnDecision,
+    TurnError,
+)
 from sarsteer_guard.guard.gate import GateVerdict, RefusalGate
 from sarsteer_guard.guard.policy_fit import check_policy_fits
 from sarsteer_guard.guard.turn import (
@@ -47,13 +54,6 @@ if TYPE_CHECKING:
     from sarsteer_guard.store import VectorStore
 
 log = get_logger(__name__)
-
-#: The error when no model is named (the old default was the random ``tiny``).
-MODEL_REQUIRED = (
-    "no model given: pass model=<hub id or local directory> (e.g. "
-    "Qwen/Qwen2-Audio-7B-Instruct); the built-in test models (tiny, tiny-planted) guard "
-    "nothing and must be named explicitly"
-)
 
 
 class Guard:
@@ -89,6 +89,9 @@ class Guard:
             and replies) may take per session and across all sessions; least recently
             used sessions are dropped first, so clients that open a fresh session per
             turn cannot grow the server's memory.
+        history: where session history lives: None = in this process; a ``redis://`` URL
+            shares it between replicas (:mod:`~sarsteer_guard.guard.history_redis`, with
+            the budgets above); or a store object. Closed by :meth:`close`.
         vectors: a vector file path or ``SteeringVectors`` used for every turn instead of
             the store (experiments, the CLI's ``--vectors``); checked against the model.
         alpha: overrides the policy's alpha for every turn (experiments, ``--alpha``).
@@ -116,6 +119,7 @@ class Guard:
         history_tokens: int = 2048,
         history_session_bytes: int = 8 * 1024 * 1024,
         history_total_bytes: int = 256 * 1024 * 1024,
+        history: str | ConversationStore | None = None,
         watch_policy: bool = True,
         calibration_batch_size: int = 8,
         vectors: str | Path | SteeringVectors | None = None,
@@ -149,6 +153,12 @@ class Guard:
             max_session_bytes=history_session_bytes,
             max_bytes=history_total_bytes,
         )
+        if isinstance(history, str):
+            from sarsteer_guard.guard.history_redis import redis_history
+
+            self.conversations = redis_history(history, like=self.conversations)
+        elif history is not None:
+            self.conversations = history
         #: The generation backend (the named one exists from ``load()`` on).
         self.engine: GenerationBackend | None = None if isinstance(engine, str) else engine
         self._policy: Policy | None = None
@@ -242,6 +252,7 @@ class Guard:
                 self._vector_pool = None
             if self._res is not None:
                 await asyncio.to_thread(self._res.close)  # audits in flight finish first
+            await asyncio.to_thread(self.conversations.close)
             self._started = self._loaded = False
 
     async def __aenter__(self) -> Guard:
@@ -290,8 +301,20 @@ class Guard:
         return None if self.engine is None else int(self.engine.queue_depth)
 
     def forget_session(self, session_id: str) -> None:
-        """Drop a session's conversation history (the call ended, or the user asked)."""
-        self.conversations.forget(session_id)
+        """Drop a session's conversation history (the call ended, or the user asked).
+
+        Called synchronously by servers from their event loop: a network store's forget
+        is handed to a worker thread there (its TTL ends the history if it fails).
+        """
+        store = self.conversations
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if store.blocking and loop is not None:
+            loop.run_in_executor(None, store.forget, session_id)
+        else:
+            store.forget(session_id)
 
     def _load_policy(self) -> None:
         from sarsteer_guard.policy import PolicyWatcher, default_policy_path, load_policy
@@ -423,14 +446,46 @@ class Guard:
             detector = self._detectors[keywords] = RefusalDetector(keywords)
         return detector
 
-    def _submit(self, prepared: PreparedTurn) -> tuple[RowHandle, RowHandle | None, float]:
+    async def _history(self, turn: Turn) -> list[HistoryItem]:
+        """The turn's history: its own, or the session's (off the loop for a network store).
+
+        History is context, not a safety control: a store that fails costs the context,
+        never the turn.
+        """
+        if turn.history is not None:
+            return list(turn.history)
+        store = self.conversations
+        try:
+            if store.blocking:
+                return await asyncio.to_thread(store.history, turn.session_id)
+            return store.history(turn.session_id)
+        except Exception as error:
+            log.warning("history.failed", op="history", error=one_line(error))
+            return []
+
+    async def _remember(self, prepared: PreparedTurn, reply: str) -> None:
+        """Append the served exchange to the session's history; a failure is only logged."""
+        turn, store = prepared.turn, self.conversations
+        if turn.history is not None:
+            return
+        args = (turn.session_id, prepared.audio, self.model_facts.sampling_rate, reply)
+        try:
+            if store.blocking:
+                await asyncio.to_thread(store.append, *args)
+            else:
+                store.append(*args)
+        except Exception as error:
+            log.warning("history.failed", op="append", error=one_line(error))
+
+    def _submit(
+        self, prepared: PreparedTurn, history: list[HistoryItem]
+    ) -> tuple[RowHandle, RowHandle | None, float]:
         """Submit the turn's rows; returns them and the served row's alpha."""
         turn, decision = prepared.turn, prepared.decision
         facts = self.model_facts
-        history = turn.history
         conversation = turn_conversation(
             system_prompt=decision.system_prompt,
-            history=self.conversations.history(turn.session_id) if history is None else history,
+            history=history,
             prompt=self.turn_prompt if self.turn_prompt is not None else decision.turn_prompt,
             audio=prepared.audio,
             rate=facts.sampling_rate,
@@ -450,8 +505,9 @@ class Guard:
         return served, shadow, served_row.alpha
 
     async def _generate(self, prepared: PreparedTurn) -> AsyncIterator[GuardEvent]:
+        history = await self._history(prepared.turn)
         try:
-            served, shadow, served_alpha = self._submit(prepared)
+            served, shadow, served_alpha = self._submit(prepared, history)
         except GuardError as error:
             metrics.FAILURES.labels(kind=error.kind).inc()
             yield TurnError(prepared.turn_id, error.kind, one_line(error))
@@ -497,7 +553,7 @@ class Guard:
                 row=done,
                 shadow=outcome,
             )
-            yield self._finish(prepared, decided, done.batch_size)
+            yield await self._finish(prepared, decided, done.batch_size)
         finally:
             if not finished:
                 served.cancel()
@@ -511,16 +567,21 @@ class Guard:
             tail=message, served=message, refused=True, keyword=None, replaced=False
         )
         event = build_decision(prepared, verdict=verdict, model_text="", steered=False)
-        yield self._finish(prepared, event, 0)
+        yield await self._finish(prepared, event, 0)
 
-    def _finish(self, prepared: PreparedTurn, event: TurnDecision, batch_size: int) -> TurnDecision:
-        """Metrics, history and audit for a decided turn; returns the event to yield."""
+    async def _finish(
+        self, prepared: PreparedTurn, event: TurnDecision, batch_size: int
+    ) -> TurnDecision:
+        """Metrics, audit, then history for a decided turn; returns the event to yield.
+
+        The audit record is submitted first: the turn is already served, and a history
+        store that fails must not cost its record. History is appended before the event
+        is yielded so the session's next turn sees this one.
+        """
         metrics.record_turn(event, batch_size)
         turn = prepared.turn
-        if turn.history is None:
-            rate = self.model_facts.sampling_rate
-            self.conversations.append(turn.session_id, prepared.audio, rate, event.text)
         audit_id = self._resources().auditor.submit(turn, prepared.decision, prepared.audio, event)
+        await self._remember(prepared, event.text)
         log.info(
             "guard.turn",
             turn_id=turn.turn_id,

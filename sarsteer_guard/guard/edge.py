@@ -3,31 +3,36 @@ r"""The Guard's edge: ids and context values checked and made storable before a 
 Any client or end-user text can carry a lone UTF-16 surrogate (``json.loads('"\\ud800"')``,
 a split emoji) that UTF-8 cannot encode; a context can carry NaN. Found late, such a value
 fails the audit write after the turn's record id was handed out, or runs a whole turn
-before failing. So, before the policy sees the turn:
+before failing. So, before the policy sees the turn, with the rules of
+:mod:`sarsteer_guard.text_rules` (the same the wire protocol applies):
 
-- ``session_id`` and ``turn_id`` must be valid Unicode: they are identities (history,
-  audit lookups), and repairing two different ids into the same text would merge
-  sessions, so a bad one is refused with a one-line error;
-- context keys and string values are repaired (lone surrogates become U+FFFD) and the
-  turn is flagged ``normalised`` (the flag reaches the audit record);
-- context numbers must be finite and values must be str, int, float, bool or None
-  (None: "not set", as policy conditions read it).
+- ``session_id`` and ``turn_id`` follow the protocol's id rules (valid Unicode, no control
+  characters, never rewritten): they are identities (history, audit lookups), and
+  repairing two different ids into the same text would merge sessions, so a bad one is
+  refused with a one-line error;
+- context keys and string values have lone surrogates repaired to U+FFFD (in-process
+  callers pass Python strings a split emoji can leave broken, and a repaired value is
+  still the caller's meaning), then follow the protocol's text rules (no control
+  characters, NFC); a changed value flags the turn ``normalised`` (the flag reaches the
+  audit record);
+- context numbers must be finite and values must be str, int, float or bool. ``None``
+  is refused, as over the wire (JSON ``null``): a policy reads a missing key as "not
+  set", so leave the key out.
+
+:class:`~sarsteer_guard.remote.RemoteGuard` applies :func:`checked_turn` before sending,
+so a turn gets the same outcome in-process and remote.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-from typing import cast
 
-from sarsteer_guard.audit.storable import NORMALISED_FLAG, safe_text
+from sarsteer_guard.audit.storable import NORMALISED_FLAG
 from sarsteer_guard.errors import GuardError
-from sarsteer_guard.guard.events import ContextValue, Turn, TurnContext
+from sarsteer_guard.guard.events import ContextValue, Turn
+from sarsteer_guard.text_rules import check_id, clean_text, is_finite_number, repair_surrogates
 
 __all__ = ["NORMALISED_FLAG", "BadTurnError", "checked_turn"]
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class BadTurnError(GuardError):
@@ -37,29 +42,35 @@ class BadTurnError(GuardError):
 
 
 def _check_id(name: str, value: object) -> None:
-    if not isinstance(value, str):
-        raise BadTurnError(f"{name} must be text, got {type(value).__name__}")
-    if safe_text(value) != value:
-        at = _SURROGATE.search(value)
-        where = f" at index {at.start()}" if at is not None else ""
+    try:
+        check_id(value)
+    except ValueError as error:
+        raise BadTurnError(f"{name} {error}: send printable UTF-8 text") from None
+
+
+def _text(what: str, value: str) -> str:
+    try:
+        return clean_text(repair_surrogates(value))
+    except ValueError as error:
+        raise BadTurnError(f"{what} {error}: send printable text") from None
+
+
+def _value(key: str, value: object) -> ContextValue:
+    if value is None:
         raise BadTurnError(
-            f"{name} is not valid Unicode (a lone surrogate{where}): send it as UTF-8 text"
+            f"context value {key!r} is null: leave the key out (a policy reads a missing "
+            "key as not set)"
         )
-
-
-def _value(key: str, value: object) -> ContextValue | None:
-    if value is None:  # "not set", as policy conditions read it
-        return None
     if isinstance(value, str):
-        return safe_text(value)
+        return _text(f"context value {key!r}", value)
     if isinstance(value, bool | int):
         return value
     if isinstance(value, float):
-        if not math.isfinite(value):
+        if not is_finite_number(value):
             raise BadTurnError(f"context value {key!r} is {value}: send a finite number")
         return value
     raise BadTurnError(
-        f"context value {key!r} is a {type(value).__name__}: use text, a number, true/false or null"
+        f"context value {key!r} is a {type(value).__name__}: use text, a number or true/false"
     )
 
 
@@ -67,20 +78,20 @@ def checked_turn(turn: Turn) -> tuple[Turn, bool]:
     """The turn with its context made storable, and whether anything was repaired.
 
     Raises:
-        BadTurnError: an id that is not valid Unicode, a non-finite number or a value
-            of another type in the context (one line that says what to send instead).
+        BadTurnError: an id that breaks the id rules, a ``None``, a non-finite number or
+            a value of another type in the context (one line that says what to send).
     """
     _check_id("session_id", turn.session_id)
     _check_id("turn_id", turn.turn_id)
-    context: dict[str, ContextValue | None] = {}
+    context: dict[str, ContextValue] = {}
     changed = False
     for key, value in turn.context.items():
         if not isinstance(key, str):
             raise BadTurnError(f"context key {key!r} must be text")
-        fixed_key = safe_text(key)
+        fixed_key = _text("context key", key)
         fixed = _value(fixed_key, value)
-        changed = changed or fixed_key is not key or fixed is not value
+        changed = changed or fixed_key != key or fixed != value
         context[fixed_key] = fixed
     if not changed:
         return turn, False
-    return dataclasses.replace(turn, context=cast("TurnContext", context)), True
+    return dataclasses.replace(turn, context=context), True

@@ -57,20 +57,28 @@ def open_resources(
 
     facts = engine.facts
     vector_store = _open_store(store)
-    if vectors is None:
-        check_store_keys(vector_store)
-    audit_log = _open_audit_log(audit)
-    # Connects and, for a spooling log, replays what a crashed process left in its spool
-    # now rather than on the first record written (never raises for a backend that is
-    # merely down: the spool takes the records meanwhile).
-    audit_log.open()
-    provider = VectorProvider(
-        engine,
-        vector_store,
-        batch_size=calibration_batch_size,
-        progress=progress,
-        fixed=None if vectors is None else _fixed_vectors(vectors, facts),
-    )
+    opened: list[VectorStore | AuditLog] = [vector_store]
+    try:
+        if vectors is None:
+            check_store_keys(vector_store)
+        audit_log = _open_audit_log(audit)
+        opened.append(audit_log)
+        # Connects and, for a spooling log, replays what a crashed process left in its
+        # spool now rather than on the first record written (never raises for a backend
+        # that is merely down: the spool takes the records meanwhile).
+        audit_log.open()
+        provider = VectorProvider(
+            engine,
+            vector_store,
+            batch_size=calibration_batch_size,
+            progress=progress,
+            fixed=None if vectors is None else _fixed_vectors(vectors, facts),
+        )
+    except BaseException:
+        for resource in reversed(opened):  # a failed start leaves nothing open
+            with contextlib.suppress(Exception):
+                resource.close()
+        raise
     return Resources(facts, vector_store, audit_log, AuditWriter(audit_log, facts), provider)
 
 

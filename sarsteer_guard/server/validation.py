@@ -6,10 +6,11 @@ see well-formed values:
 * :func:`load_json`: one text frame parsed with bounded nesting, bounded integers and
   no exception but :class:`ValueError` (a 5000-digit integer or 100,000 nested brackets
   must not escape the parser and drop the socket without a close frame);
-* :func:`clean_text`: a peer's string rejected if it cannot be encoded (a lone UTF-16
-  surrogate, which JSON's ``\ud800`` escape can carry) or holds control characters where
-  they make no sense, and otherwise normalised to Unicode NFC, so that the same words
-  always compare, hash and encode the same way downstream.
+* :func:`clean_text` (from :mod:`sarsteer_guard.text_rules`, the one set of text rules
+  the Guard's edge and the audit log share): a peer's string rejected if it cannot be
+  encoded (a lone UTF-16 surrogate, which JSON's ``\ud800`` escape can carry) or holds
+  control characters where they make no sense, and otherwise normalised to Unicode NFC,
+  so that the same words always compare, hash and encode the same way downstream.
 
 No web framework and no protocol types here: callers turn ``ValueError`` into their own
 error messages.
@@ -18,10 +19,10 @@ error messages.
 from __future__ import annotations
 
 import json
-import math
 import re
-import unicodedata
 from typing import Any
+
+from sarsteer_guard.text_rules import clean_text, is_finite_number
 
 #: Deepest JSON nesting accepted; every protocol message is at most 2 deep.
 MAX_JSON_DEPTH = 16
@@ -30,8 +31,6 @@ MAX_INT_DIGITS = 32
 
 _STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _BRACKET_RE = re.compile(r"[\[\]{}]")
-_CONTROL_RE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
-_ID_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def json_depth(text: str) -> int:
@@ -65,23 +64,11 @@ def load_json(text: str) -> Any:
         raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
 
 
-def is_finite_number(value: object) -> bool:
-    """False for ``NaN``/``Infinity`` (and ``1e999``, which parses as infinity)."""
-    return not isinstance(value, float) or math.isfinite(value)
-
-
-def clean_text(value: str, *, identifier: bool = False) -> str:
-    """``value`` in NFC, or :class:`ValueError` saying what is wrong with it.
-
-    Refused: lone surrogates (not encodable as UTF-8: the audit log and every store would
-    fail on them after the turn ran) and control characters; ``identifier=True`` also
-    refuses tab and newlines and returns the id unchanged (an id is compared byte for
-    byte by the client that chose it, so it is checked, never rewritten).
-    """
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("holds a lone UTF-16 surrogate (invalid Unicode)") from None
-    if (_ID_CONTROL_RE if identifier else _CONTROL_RE).search(value):
-        raise ValueError("holds control characters")
-    return value if identifier else unicodedata.normalize("NFC", value)
+__all__ = [
+    "MAX_INT_DIGITS",
+    "MAX_JSON_DEPTH",
+    "clean_text",
+    "is_finite_number",
+    "json_depth",
+    "load_json",
+]
