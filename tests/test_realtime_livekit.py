@@ -13,9 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
-
-pytest.importorskip("livekit.plugins.openai")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integrations" / "livekit" / "tests"))
 

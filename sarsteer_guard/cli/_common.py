@@ -111,8 +111,9 @@ def parse_context(items: Iterable[str]) -> dict[str, ContextValue]:
 #: ``--model`` help everywhere a model is loaded: names both built-ins, so a newcomer
 #: finds the one that actually refuses along a known direction.
 MODEL_HELP = (
-    "hub id, local directory, or a built-in: tiny (random weights, for wiring checks) or "
-    "tiny-planted (constructed weights that refuse along a known direction; what `demo` uses)"
+    "hub id, local directory, or a built-in: tiny (random weights, for wiring checks), "
+    "tiny-planted (constructed weights that refuse along a known direction) or tiny-trained "
+    "(the trained model organism `demo` uses)"
 )
 
 #: ``--model`` help where guarding real traffic needs a model named (no default).

@@ -20,6 +20,8 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+from sarsteer_guard.cli._common import MODEL_HELP
+
 #: Shipped organism files: held-out demo clips, training-side calibration clips, results.
 ORGANISM_DIR = Path(__file__).resolve().parents[1] / "data" / "organism"
 
@@ -50,7 +52,7 @@ def register(subparsers: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="tiny-trained", help="model to demonstrate on")
+    p.add_argument("--model", default="tiny-trained", help=MODEL_HELP)
     p.add_argument("--out", type=Path, default=Path("sarsteer-demo"), help="working folder")
     p.add_argument(
         "--clips", type=int, default=4, help="harmful and benign clips to answer (0 = all 16)"
