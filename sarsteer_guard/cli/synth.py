@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sarsteer_guard.synth import SynthPlan, read_prompts, synthesize_manifest
     from sarsteer_guard.synth.augment import sox_available
-    from sarsteer_guard.testing.speech import espeak_available
+    from sarsteer_guard.synth.espeak import espeak_available
 
     if not espeak_available():
         raise GuardError("espeak-ng is not installed; apt-get install espeak-ng")

@@ -100,7 +100,7 @@ def plan_clips(prompts: Sequence[Prompt], plan: SynthPlan, prefix: str) -> list[
 
 def render_clip(spec: ClipSpec) -> np.ndarray:
     """Speak one clip: espeak-ng, trim, augment, peak-normalise (float32 at 16 kHz)."""
-    from sarsteer_guard.testing.speech import synthesize, trim_silence
+    from sarsteer_guard.synth.espeak import synthesize, trim_silence
 
     raw = synthesize(
         spec.prompt.text, rate=RATE, voice=spec.voice, speed=spec.rate, pitch=spec.pitch
@@ -119,7 +119,7 @@ def render_clip(spec: ClipSpec) -> np.ndarray:
 
 def check_voices(voices: Sequence[str]) -> None:
     """Speak one word per voice so a misspelt voice fails before hundreds of clips are made."""
-    from sarsteer_guard.testing.speech import synthesize
+    from sarsteer_guard.synth.espeak import synthesize
 
     for voice in dict.fromkeys(voices):
         try:
