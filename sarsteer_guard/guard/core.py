@@ -18,12 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sarsteer_guard.errors import MODEL_REQUIRED, GuardError, StoreUnavailableError, one_line
+from sarsteer_guard.errors import MODEL_REQUIRED, GuardError, one_line
 from sarsteer_guard.guard import metrics
 from sarsteer_guard.guard.auditing import warn_unsalted_fields
 from sarsteer_guard.guard.backend import GenerationBackend, RowDelta, RowDone, RowFailed, RowHandle
 from sarsteer_guard.guard.conversation import ConversationStore, turn_conversation
-from sarsteer_guard.guard.edge import NORMALISED_FLAG, checked_turn
 from sarsteer_guard.guard.events import (
     GuardEvent,
     HistoryItem,
@@ -33,13 +32,14 @@ from sarsteer_guard.guard.events import (
     TurnError,
 )
 from sarsteer_guard.guard.gate import GateVerdict, RefusalGate
-from sarsteer_guard.guard.policy_fit import check_policy_fits
+from sarsteer_guard.guard.history import forget_session, open_history, remember, session_history
+from sarsteer_guard.guard.intake import attach_vectors, prepare_turn
+from sarsteer_guard.guard.policy_fit import check_policy_fits, prewarm_policy
 from sarsteer_guard.guard.turn import (
     PreparedTurn,
     build_decision,
     row_error,
     shadow_outcome,
-    turn_audio,
     turn_rows,
 )
 from sarsteer_guard.log import get_logger
@@ -128,11 +128,10 @@ class Guard:
     ) -> None:
         if model is None and isinstance(engine, str):
             raise GuardError(MODEL_REQUIRED)
-        self._model_spec = model
-        self._policy_spec = policy
-        self._store_spec = store
-        self._audit_spec = audit
-        self._engine_spec = engine
+        # What load() opens (construction does no I/O).
+        self._model_spec, self._engine_spec = model, engine
+        self._policy_spec, self._store_spec, self._audit_spec = policy, store, audit
+        self._vectors_spec = vectors
         self._engine_options = dict(engine_options or {})
         self.max_batch_size = max_batch_size
         self.batch_window_s = batch_window_ms / 1000
@@ -144,21 +143,11 @@ class Guard:
         self.turn_prompt = turn_prompt
         self.watch_policy = watch_policy
         self.calibration_batch_size = calibration_batch_size
-        self._vectors_spec = vectors
         self.alpha_override = alpha
         self.progress = progress
-        self.conversations = ConversationStore(
-            max_exchanges=history_turns,
-            max_tokens=history_tokens,
-            max_session_bytes=history_session_bytes,
-            max_bytes=history_total_bytes,
+        self.conversations = open_history(
+            history, history_turns, history_tokens, history_session_bytes, history_total_bytes
         )
-        if isinstance(history, str):
-            from sarsteer_guard.guard.history_redis import redis_history
-
-            self.conversations = redis_history(history, like=self.conversations)
-        elif history is not None:
-            self.conversations = history
         #: The generation backend (the named one exists from ``load()`` on).
         self.engine: GenerationBackend | None = None if isinstance(engine, str) else engine
         self._policy: Policy | None = None
@@ -167,9 +156,7 @@ class Guard:
         self._detectors: dict[tuple[str, ...], RefusalDetector] = {}
         self._loaded = self._started = False
         self._load_lock = asyncio.Lock()
-        # Its own small pool: a long calibration must not starve the default executor
-        # that integrations also use (audit writes have theirs, in the AuditWriter).
-        self._vector_pool: ThreadPoolExecutor | None = None
+        self._vector_pool: ThreadPoolExecutor | None = None  # from start() on
 
     # -- lifecycle ---------------------------------------------------------------------------
     def load(self) -> None:
@@ -192,7 +179,7 @@ class Guard:
         self._load_policy()
         check_policy_fits(self.policy, facts)  # before any store is opened: a config error
         warn_unsalted_fields(self.policy)
-        self._res = open_resources(
+        res = self._res = open_resources(
             engine,
             store=self._store_spec,
             audit=self._audit_spec,
@@ -200,7 +187,7 @@ class Guard:
             calibration_batch_size=self.calibration_batch_size,
             progress=self.progress,
         )
-        self._prewarm_vectors(self.policy)
+        prewarm_policy(self.policy, res.facts, res.vectors)
         self._loaded = True
         log.info(
             "guard.loaded",
@@ -230,6 +217,8 @@ class Guard:
             if self._started:
                 return
             await asyncio.to_thread(self.load)
+            # Its own small pool: a long calibration must not starve the default executor
+            # that integrations also use (audit writes have theirs, in the AuditWriter).
             self._vector_pool = ThreadPoolExecutor(1, thread_name_prefix="sarsteer-vectors")
             self._resources().auditor.start()
             await asyncio.to_thread(self._open_engine().start)
@@ -306,15 +295,7 @@ class Guard:
         Called synchronously by servers from their event loop: a network store's forget
         is handed to a worker thread there (its TTL ends the history if it fails).
         """
-        store = self.conversations
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if store.blocking and loop is not None:
-            loop.run_in_executor(None, store.forget, session_id)
-        else:
-            store.forget(session_id)
+        forget_session(self.conversations, session_id)
 
     def _load_policy(self) -> None:
         from sarsteer_guard.policy import PolicyWatcher, default_policy_path, load_policy
@@ -330,26 +311,6 @@ class Guard:
         else:
             self._policy = load_policy(Path(spec))
 
-    def _prewarm_vectors(self, policy: Policy, *, strict: bool = False) -> None:
-        """Check layers and fetch or calibrate every vector set a policy can ask for.
-
-        A rule naming a layer the model does not have raises :class:`PolicyError` here, at
-        start or reload, rather than failing every turn it matches. A vector set that
-        cannot be had is a warning at start (the policy's failure mode applies per turn);
-        with ``strict`` (a reload) it raises, unless the store is merely unreachable.
-        """
-        check_policy_fits(policy, self.model_facts)
-        requests = [d.vector_request for d in policy.possible_decisions() if d.alpha > 0]
-        for request in dict.fromkeys(requests):
-            try:
-                self._resources().vectors.get(request)
-            except StoreUnavailableError as error:  # an outage, not a fault of the policy
-                log.warning("guard.vectors_unavailable_at_start", error=one_line(error))
-            except Exception as error:
-                if strict:
-                    raise
-                log.warning("guard.vectors_unavailable_at_start", error=one_line(error))
-
     def _accept_policy(self, candidate: Policy) -> None:
         """Runs on the watcher's thread before a reload is swapped in: raise to reject it.
 
@@ -357,9 +318,10 @@ class Guard:
         must be ready, so the swap never puts a policy in force that would fail its turns;
         a rejected edit leaves the last good policy in force and is logged with the reason.
         """
-        if self._res is None:  # not loaded yet: load() checks the policy it starts with
+        res = self._res
+        if res is None:  # not loaded yet: load() checks the policy it starts with
             return
-        self._prewarm_vectors(candidate, strict=True)
+        prewarm_policy(candidate, res.facts, res.vectors, strict=True)
 
     def _on_policy_change(self, policy: Policy) -> None:
         """Runs on the watcher's thread after a reload (already checked and prewarmed)."""
@@ -382,12 +344,18 @@ class Guard:
         if not self._started:
             yield TurnError(turn.turn_id, "not_started", "the guard is not started: await start()")
             return
-        prepared = self._prepare(turn)
+        prepared = prepare_turn(
+            turn,
+            self.policy,
+            rate=self.model_facts.sampling_rate,
+            max_s=self.max_turn_s,
+            alpha=self.alpha_override,
+        )
         if isinstance(prepared, TurnError):
             yield prepared
             return
         if prepared.decision.alpha > 0:
-            prepared = await self._attach_vectors(prepared)
+            prepared = await attach_vectors(prepared, self._resources().vectors, self._vector_pool)
         if "fail_closed" in prepared.flags:
             async for event in self._serve_fixed_refusal(prepared):
                 yield event
@@ -395,87 +363,11 @@ class Guard:
         async for event in self._generate(prepared):
             yield event
 
-    def _prepare(self, turn: Turn) -> PreparedTurn | TurnError:
-        """The policy's decision and the audio at the model's rate, or the turn's error."""
-        submitted = time.perf_counter()
-        try:
-            turn, repaired = checked_turn(turn)  # ids valid, context storable
-            decision = self.policy.evaluate(dict(turn.context))
-            if self.alpha_override is not None:
-                decision = dataclasses.replace(decision, alpha=self.alpha_override)
-            audio = turn_audio(turn, self.model_facts.sampling_rate, max_s=self.max_turn_s)
-        except GuardError as error:
-            metrics.FAILURES.labels(kind=error.kind).inc()
-            return TurnError(turn.turn_id, error.kind, one_line(error))
-        except Exception as error:  # e.g. a context value of an unexpected type
-            metrics.FAILURES.labels(kind="bad_request").inc()
-            log.warning("guard.turn_rejected", turn_id=turn.turn_id, error=one_line(error))
-            return TurnError(
-                turn.turn_id,
-                "bad_request",
-                f"the turn could not be prepared ({type(error).__name__}: {one_line(error)}); "
-                "check its audio format and context values",
-            )
-        flags = (NORMALISED_FLAG,) if repaired else ()
-        return PreparedTurn(
-            turn=turn, decision=decision, audio=audio, submitted=submitted, flags=flags
-        )
-
-    async def _attach_vectors(self, prepared: PreparedTurn) -> PreparedTurn:
-        """The turn with its vector set, or flagged for its policy's failure mode."""
-        provider = self._resources().vectors
-        request = prepared.decision.vector_request
-        try:
-            vectors = provider.cached(request)
-            if vectors is None:
-                loop = asyncio.get_running_loop()
-                vectors = await loop.run_in_executor(self._vector_pool, provider.get, request)
-        except Exception as error:  # whatever the cause, the policy's failure mode decides
-            kind = error.kind if isinstance(error, GuardError) else "vectors"
-            metrics.FAILURES.labels(kind=kind).inc()
-            log.warning(
-                "guard.vectors_unavailable", turn_id=prepared.turn_id, error=one_line(error)
-            )
-            mode = "fail_closed" if prepared.decision.failure_mode == "fail_closed" else "fail_open"
-            return prepared.with_flags("vectors_unavailable", mode)
-        return dataclasses.replace(prepared, vectors=vectors)
-
     def _detector(self, keywords: tuple[str, ...]) -> RefusalDetector:
         detector = self._detectors.get(keywords)
         if detector is None:
             detector = self._detectors[keywords] = RefusalDetector(keywords)
         return detector
-
-    async def _history(self, turn: Turn) -> list[HistoryItem]:
-        """The turn's history: its own, or the session's (off the loop for a network store).
-
-        History is context, not a safety control: a store that fails costs the context,
-        never the turn.
-        """
-        if turn.history is not None:
-            return list(turn.history)
-        store = self.conversations
-        try:
-            if store.blocking:
-                return await asyncio.to_thread(store.history, turn.session_id)
-            return store.history(turn.session_id)
-        except Exception as error:
-            log.warning("history.failed", op="history", error=one_line(error))
-            return []
-
-    async def _remember(self, prepared: PreparedTurn, reply: str) -> None:
-        """Append the served exchange to the session's history; a failure is only logged."""
-        turn, store = prepared.turn, self.conversations
-        if turn.history is not None:
-            return
-        args = (turn.session_id, prepared.audio, self.model_facts.sampling_rate, reply)
-        try:
-            if store.blocking:
-                await asyncio.to_thread(store.append, *args)
-            else:
-                store.append(*args)
-        except Exception as error:
-            log.warning("history.failed", op="append", error=one_line(error))
 
     def _submit(
         self, prepared: PreparedTurn, history: list[HistoryItem]
@@ -505,7 +397,7 @@ class Guard:
         return served, shadow, served_row.alpha
 
     async def _generate(self, prepared: PreparedTurn) -> AsyncIterator[GuardEvent]:
-        history = await self._history(prepared.turn)
+        history = await session_history(self.conversations, prepared.turn)
         try:
             served, shadow, served_alpha = self._submit(prepared, history)
         except GuardError as error:
@@ -581,7 +473,7 @@ class Guard:
         metrics.record_turn(event, batch_size)
         turn = prepared.turn
         audit_id = self._resources().auditor.submit(turn, prepared.decision, prepared.audio, event)
-        await self._remember(prepared, event.text)
+        await remember(self.conversations, prepared, self.model_facts.sampling_rate, event.text)
         log.info(
             "guard.turn",
             turn_id=turn.turn_id,
