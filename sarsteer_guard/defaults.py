@@ -16,6 +16,8 @@ DEFAULT_K = 10
 DEFAULT_LAMBDA = 1.0
 DEFAULT_ALPHA = 0.1
 DEFAULT_MAX_NEW_TOKENS = 64
+#: The reference's evaluation budget (new tokens per response).
+DEFAULT_EVAL_MAX_NEW_TOKENS = 512
 
 CALIBRATION_DIR = Path(__file__).parent / "data" / "calibration"
 DEFAULT_HARMFUL = CALIBRATION_DIR / "harmful.jsonl"

@@ -89,7 +89,7 @@ def add_judge_args(p: argparse.ArgumentParser) -> None:
 
 def add_run_args(p: argparse.ArgumentParser, *, default_out: str) -> None:
     """Generation, concurrency, output folder, progress and JSON switches."""
-    from sarsteer_guard.evaluation.runner import DEFAULT_EVAL_MAX_NEW_TOKENS
+    from sarsteer_guard.defaults import DEFAULT_EVAL_MAX_NEW_TOKENS
 
     p.add_argument(
         "--generation",

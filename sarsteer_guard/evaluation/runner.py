@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from sarsteer_guard.defaults import DEFAULT_EVAL_MAX_NEW_TOKENS
 from sarsteer_guard.errors import AudioError, GuardError, one_line
 from sarsteer_guard.evaluation.judges import Judge, JudgeInput
 from sarsteer_guard.evaluation.metrics import Outcome
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
     from sarsteer_guard.guard.events import TurnDecision
     from sarsteer_guard.models.base import AudioLanguageModel
     from sarsteer_guard.policy import Policy
-
-#: The reference's evaluation budget (new tokens per response).
-DEFAULT_EVAL_MAX_NEW_TOKENS = 512
 
 
 @dataclass(frozen=True)
