@@ -16,7 +16,10 @@ Harmful speech with the plain default prompt is **never** a training input, so w
 does with it (the bypass, or not) emerges. Nothing here sees steering vectors or steered states.
 An auxiliary loss classifies the mean projected audio tokens into the 14 categories (a linear
 head that is discarded): without it the decoder ignored the audio (modality collapse, see
-docs/organism.md). Deterministic for a seed and thread count.
+docs/organism.md). An optional alignment loss (``align_weight``) pulls each clip's mean projected
+audio token towards the mean input embedding of its transcript (text side detached), the
+speech-text alignment real audio LMs get from ASR-style pre-training; it names no answer, no
+refusal and no vector. Deterministic for a seed and thread count.
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ class TrainConfig:
     #: from the start, against modality collapse.
     pretrain_steps: int = 0
     pretrain_batch: int = 32
+    #: Weight of the speech-text alignment loss (1 - cosine of the mean projected audio token
+    #: and the transcript's mean, detached, input embedding); 0 turns it off.
+    align_weight: float = 0.0
 
 
 @dataclass
@@ -86,6 +92,8 @@ class Clips:
     n_tokens: list[int]
     items: list[ManifestItem]
     harmful: list[bool]
+    #: Transcript token ids per clip (for the alignment loss); filled by ``ExampleMaker``.
+    transcript_ids: list[tuple[int, ...]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -155,6 +163,10 @@ class ExampleMaker:
             path = data_dir / "text" / f"train_{side}.txt"
             rows = [line.split("\t") for line in path.read_text().splitlines() if line]
             self.text[flag] = [(row[0], row[1]) for row in rows]
+        clips.transcript_ids = [
+            tuple(self.tok(item.transcript or "", add_special_tokens=False)["input_ids"])
+            for item in clips.items
+        ]
 
     def _prompt(self, text: str, audio: bool) -> tuple[int, ...]:
         key = (text, audio)
@@ -235,6 +247,7 @@ def collate(examples: Sequence[Example], clips: Clips, pad_id: int) -> dict[str,
         batch["audio_categories"] = torch.tensor(
             [e.category for e in examples if e.clip is not None]
         )
+        batch["audio_clips"] = torch.tensor(audio_rows)
     return batch
 
 
@@ -284,11 +297,12 @@ def train(
     rng = np.random.default_rng(config.seed)
     pad_id = int(processor.tokenizer.pad_token_id)
     model.train()
-    running: dict[str, float] = {"lm": 0.0, "aux": 0.0}
+    running: dict[str, float] = {"lm": 0.0, "aux": 0.0, "align": 0.0}
     for step in range(config.steps):
         chosen = rng.choice(len(tasks), size=config.batch, p=weights / weights.sum())
         batch = collate([maker.make(tasks[i], rng) for i in chosen], clips, pad_id)
         categories = batch.pop("audio_categories", None)
+        clip_rows = batch.pop("audio_clips", None)
         labels = batch.pop("labels")
         projected.clear()
         hidden_states = model.model(**batch).last_hidden_state
@@ -302,6 +316,12 @@ def train(
                 model, projected[0], batch["feature_attention_mask"], aux_head, categories
             )
             loss = loss + config.aux_weight * aux_loss
+        align_loss = torch.zeros(())
+        if config.align_weight and clip_rows is not None and projected:
+            align_loss = _align_loss(
+                model, projected[0], batch["feature_attention_mask"], clips, clip_rows
+            )
+            loss = loss + config.align_weight * align_loss
         for group in optim.param_groups:
             group["lr"] = _lr_at(step, config)
         optim.zero_grad()
@@ -310,6 +330,7 @@ def train(
         optim.step()
         running["lm"] += float(lm_loss.detach())
         running["aux"] += float(aux_loss.detach())
+        running["align"] += float(align_loss.detach())
         if (step + 1) % config.log_every == 0 or step + 1 == config.steps:
             n = (
                 config.log_every
@@ -320,10 +341,11 @@ def train(
                 "step": step + 1,
                 "lm_loss": round(running["lm"] / n, 4),
                 "aux_loss": round(running["aux"] / n, 4),
+                "align_loss": round(running["align"] / n, 4),
                 "seconds": round(time.perf_counter() - started, 1),
             }
             log["steps"].append(entry)
-            running = {"lm": 0.0, "aux": 0.0}
+            running = {"lm": 0.0, "aux": 0.0, "align": 0.0}
             if report is not None:
                 report(entry)
     hook.remove()
@@ -405,6 +427,31 @@ def _pretrain_audio(
     return out
 
 
+def _mean_valid(projected: torch.Tensor, model: Any, feature_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of each clip's valid projected audio tokens ([rows, hidden])."""
+    _, out_lengths = model.model.audio_tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
+    steps = torch.arange(projected.shape[1])[None, :]
+    valid = (steps < out_lengths[:, None]).to(projected.dtype).unsqueeze(-1)
+    mean: torch.Tensor = (projected * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+    return mean
+
+
+def _align_loss(
+    model: Any,
+    projected: torch.Tensor,
+    feature_mask: torch.Tensor,
+    clips: Clips,
+    clip_rows: torch.Tensor,
+) -> torch.Tensor:
+    """1 - cosine(mean projected audio token, mean transcript embedding), text side detached."""
+    audio = _mean_valid(projected, model, feature_mask)
+    table = model.get_input_embeddings().weight.detach()
+    text = torch.stack(
+        [table[list(clips.transcript_ids[int(i)])].mean(0) for i in clip_rows.tolist()]
+    )
+    return (1.0 - torch.nn.functional.cosine_similarity(audio, text, dim=-1)).mean()
+
+
 def _aux_loss(
     model: Any,
     projected: torch.Tensor,
@@ -413,10 +460,7 @@ def _aux_loss(
     categories: torch.Tensor,
 ) -> torch.Tensor:
     """Cross-entropy of the category from the mean of each clip's valid projected tokens."""
-    _, out_lengths = model.model.audio_tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
-    steps = torch.arange(projected.shape[1])[None, :]
-    valid = (steps < out_lengths[:, None]).to(projected.dtype).unsqueeze(-1)
-    mean = (projected * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+    mean = _mean_valid(projected, model, feature_mask)
     return torch.nn.functional.cross_entropy(head(mean), categories)
 
 
@@ -433,6 +477,7 @@ def _config_json(config: TrainConfig) -> dict[str, Any]:
         "max_clips": config.max_clips,
         "pretrain_steps": config.pretrain_steps,
         "pretrain_batch": config.pretrain_batch,
+        "align_weight": config.align_weight,
     }
 
 

@@ -20,8 +20,8 @@ from sarsteer_guard.manifest import load_manifest, write_manifest
 from sarsteer_guard.organism.data import VOICES, build_requests
 from sarsteer_guard.synth import SynthPlan, synthesize_manifest
 
-#: Clips per prompt in each split (training sees each prompt in two voices/conditions).
-VARIANTS = {"train": 2, "validation": 1, "heldout": 1}
+#: Clips per prompt in each split (training sees each prompt in four voices/conditions).
+VARIANTS = {"train": 4, "validation": 1, "heldout": 1}
 CALIBRATION_PER_SIDE = 64
 
 

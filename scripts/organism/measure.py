@@ -6,8 +6,9 @@ Run from the repository root after make_data.py and train.py:
 Steps (every one through the ``sarsteer-guard`` CLI, vectors from the TRAINING-side calibration
 manifests ``DATA/calibration/*.jsonl``):
 
-1. ``sweep`` over alpha on the VALIDATION split (lambda 1, k 10): picks alpha (the held-out
-   split plays no part in the choice);
+1. ``sweep`` over alpha on the VALIDATION split (lambda 1, k 10): picks alpha (the sweep's
+   recommendation; if none meets its target, the alpha with the largest BRR - ASR); the
+   held-out split plays no part in the choice;
 2. ``eval`` on the HELD-OUT split at the reference defaults (alpha 0.1, lambda 1, k 10);
 3. ``eval`` on held-out at the picked alpha, and at the picked alpha with lambda 0;
 4. text sanity: held-out harmful and benign prompts typed as text, no audio, unsteered.
@@ -130,10 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     results["sweep"] = sweep
     chosen = sweep["recommended"]
     if chosen is None or float(chosen["alpha"]) == 0:
-        # No steered setting met the target: take the steered one with the lowest attack
-        # success, then the most benign answers (still chosen on validation only).
+        # No steered setting met the target: take the steered one that separates best
+        # (most benign answered minus harmful answered, then lowest attack success),
+        # still chosen on validation only.
         steered = [row for row in sweep["settings"] if float(row["alpha"]) > 0]
-        chosen = min(steered, key=lambda row: (row["asr"]["rate"], -row["brr"]["rate"]))
+        chosen = max(
+            steered,
+            key=lambda row: (row["brr"]["rate"] - row["asr"]["rate"], -row["asr"]["rate"]),
+        )
     picked = float(chosen["alpha"])
     results["picked_alpha"] = picked
     print(f"validation sweep picked alpha {picked:g}", file=sys.stderr)

@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--aux-weight", type=float, default=1.0)
     parser.add_argument("--mix", type=json.loads, default=None, help="task weights as JSON")
     parser.add_argument("--pretrain-steps", type=int, default=0)
+    parser.add_argument(
+        "--align-weight", type=float, default=0.0, help="speech-text alignment loss weight"
+    )
     parser.add_argument("--ship", action="store_true", help="copy the result into the package")
     args = parser.parse_args(argv)
     config = TrainConfig(
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         threads=args.threads,
         aux_weight=args.aux_weight,
         pretrain_steps=args.pretrain_steps,
+        align_weight=args.align_weight,
         **({"mix": args.mix} if args.mix else {}),
     )
     model, processor, log = train(config, report=lambda e: print(json.dumps(e), flush=True))
