@@ -7,8 +7,9 @@ emerged; nothing planted it). A trained stand-in, not a safety evaluation of any
 (docs/organism.md). Steering vectors are calibrated on the organism's training-side clips, then
 held-out clips (prompts and voices never used in training or to choose settings) are answered
 through the Guard with steering off and on, with a policy, a vector store and an audit log in a
-local folder. On this organism steering is not yet selective (benign clips flip about as often
-as harmful ones); docs/organism.md has the measurements and why.
+local folder. On this organism steering is only partly selective (harmful clips flip more
+often than benign ones, but many benign clips flip too); docs/organism.md has the measurements
+and why.
 """
 
 from __future__ import annotations
@@ -215,6 +216,6 @@ def _print_table(
         print(
             "tiny-trained is a small model trained here as a stand-in, not a safety evaluation "
             "of any real model. It refuses these requests typed but answers them spoken (the "
-            "bypass); steering is not yet selective on it: benign clips flip about as often as "
-            "harmful ones (measured in docs/organism.md)."
+            "bypass); steering is only partly selective on it: harmful clips flip more often "
+            "than benign ones, but many benign clips flip too (measured in docs/organism.md)."
         )

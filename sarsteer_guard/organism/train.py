@@ -81,6 +81,9 @@ class TrainConfig:
     #: Weight of the speech-text alignment loss (1 - cosine of the mean projected audio token
     #: and the transcript's mean, detached, input embedding); 0 turns it off.
     align_weight: float = 0.0
+    #: Augment audio features in training (a random mel shift of up to 4 bins, two frequency
+    #: and two time masks: SpecAugment plus a crude vocal-tract change), for unseen voices.
+    spec_augment: bool = False
 
 
 @dataclass
@@ -251,6 +254,33 @@ def collate(examples: Sequence[Example], clips: Clips, pad_id: int) -> dict[str,
     return batch
 
 
+def spec_augment(features: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A copy of ``features`` ([rows, mels, frames]) shifted and masked per row.
+
+    Each row is rolled by -4..4 mel bins (edges filled with the row's minimum), then two
+    frequency bands of up to 12 bins and two time spans of up to 30 frames are set to the
+    row's minimum (Whisper features' silence floor). Same generator state, same output.
+    """
+    out = features.clone()
+    rows, mels, frames = out.shape
+    draw = lambda high: int(torch.randint(0, high, (1,), generator=generator))  # noqa: E731
+    for row in range(rows):
+        floor = out[row].min()
+        shift = draw(9) - 4
+        if shift:
+            out[row] = torch.roll(out[row], shifts=shift, dims=0)
+            if shift > 0:
+                out[row, :shift] = floor
+            else:
+                out[row, shift:] = floor
+        for _ in range(2):
+            width, start = draw(13), draw(mels)
+            out[row, start : start + width] = floor
+            width, start = draw(31), draw(frames)
+            out[row, :, start : start + width] = floor
+    return out
+
+
 def _lr_at(step: int, config: TrainConfig) -> float:
     if step < config.warmup:
         return config.lr * (step + 1) / config.warmup
@@ -298,9 +328,12 @@ def train(
     pad_id = int(processor.tokenizer.pad_token_id)
     model.train()
     running: dict[str, float] = {"lm": 0.0, "aux": 0.0, "align": 0.0}
+    augment_rng = torch.Generator().manual_seed(config.seed + 2)
     for step in range(config.steps):
         chosen = rng.choice(len(tasks), size=config.batch, p=weights / weights.sum())
         batch = collate([maker.make(tasks[i], rng) for i in chosen], clips, pad_id)
+        if config.spec_augment and "input_features" in batch:
+            batch["input_features"] = spec_augment(batch["input_features"], augment_rng)
         categories = batch.pop("audio_categories", None)
         clip_rows = batch.pop("audio_clips", None)
         labels = batch.pop("labels")
@@ -400,9 +433,13 @@ def _pretrain_audio(
     started = time.perf_counter()
     out: list[dict[str, Any]] = []
     loss_sum = correct = seen = 0.0
+    augment_rng = torch.Generator().manual_seed(config.seed + 3)
     for step in range(config.pretrain_steps):
         rows = torch.from_numpy(rng.integers(len(clips.items), size=config.pretrain_batch))
-        logits = head(audio_embeddings(model, clips.features[rows], clips.masks[rows]))
+        features = clips.features[rows]
+        if config.spec_augment:
+            features = spec_augment(features, augment_rng)
+        logits = head(audio_embeddings(model, features, clips.masks[rows]))
         loss = torch.nn.functional.cross_entropy(logits, labels[rows])
         for group in optim.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
@@ -478,6 +515,7 @@ def _config_json(config: TrainConfig) -> dict[str, Any]:
         "pretrain_steps": config.pretrain_steps,
         "pretrain_batch": config.pretrain_batch,
         "align_weight": config.align_weight,
+        "spec_augment": config.spec_augment,
     }
 
 

@@ -6,11 +6,12 @@ Run from the repository root after make_data.py and train.py:
 Steps (every one through the ``sarsteer-guard`` CLI, vectors from the TRAINING-side calibration
 manifests ``DATA/calibration/*.jsonl``):
 
-1. ``sweep`` over alpha on the VALIDATION split (lambda 1, k 10): picks alpha (the sweep's
-   recommendation; if none meets its target, the alpha with the largest BRR - ASR); the
-   held-out split plays no part in the choice;
+1. ``sweep`` over alpha on the VALIDATION split (lambda 1, k 10): two picks, the sweep's
+   recommendation (most benign answered among settings at most 5% harmful answered; if none
+   meets it, the widest gap below) and the alpha with the widest gap, BRR - ASR; the held-out
+   split plays no part in either choice;
 2. ``eval`` on the HELD-OUT split at the reference defaults (alpha 0.1, lambda 1, k 10);
-3. ``eval`` on held-out at the picked alpha, and at the picked alpha with lambda 0;
+3. ``eval`` on held-out at each picked alpha, with lambda 1 and with lambda 0;
 4. text sanity: held-out harmful and benign prompts typed as text, no audio, unsteered.
 
 Writes ``OUT/results.json`` (every figure with its 95% Wilson interval) and prints a
@@ -31,7 +32,8 @@ from typing import Any
 from sarsteer_guard.cli import main as cli
 from sarsteer_guard.evaluation.metrics import wilson_interval
 
-ALPHAS = "0.05,0.1,0.2,0.3,0.5,0.8,1.2"
+#: Finer where this organism's refusal window lies (about 0.15-0.35 with lambda 1).
+ALPHAS = "0.05,0.1,0.15,0.18,0.2,0.21,0.22,0.23,0.24,0.25,0.28,0.3,0.35,0.4,0.5,0.7,1.0"
 
 
 def _run_json(argv: list[str]) -> dict[str, Any]:
@@ -129,23 +131,23 @@ def main(argv: list[str] | None = None) -> int:
         ]
     )
     results["sweep"] = sweep
+    steered = [row for row in sweep["settings"] if float(row["alpha"]) > 0]
+    # Widest gap: most benign answered minus harmful answered, then lowest attack success.
+    widest = max(
+        steered, key=lambda row: (row["brr"]["rate"] - row["asr"]["rate"], -row["asr"]["rate"])
+    )
     chosen = sweep["recommended"]
     if chosen is None or float(chosen["alpha"]) == 0:
-        # No steered setting met the target: take the steered one that separates best
-        # (most benign answered minus harmful answered, then lowest attack success),
-        # still chosen on validation only.
-        steered = [row for row in sweep["settings"] if float(row["alpha"]) > 0]
-        chosen = max(
-            steered,
-            key=lambda row: (row["brr"]["rate"] - row["asr"]["rate"], -row["asr"]["rate"]),
-        )
-    picked = float(chosen["alpha"])
-    results["picked_alpha"] = picked
-    print(f"validation sweep picked alpha {picked:g}", file=sys.stderr)
+        chosen = widest
+    picked, gap = float(chosen["alpha"]), float(widest["alpha"])
+    results["picked_alpha"], results["gap_alpha"] = picked, gap
+    print(f"validation sweep: recommended alpha {picked:g}, widest gap {gap:g}", file=sys.stderr)
     runs = {
         "default": ["--alpha", "0.1", "--lambda", "1", "--k", "10"],
         "picked": ["--alpha", f"{picked:g}", "--lambda", "1", "--k", "10"],
         "picked_lambda0": ["--alpha", f"{picked:g}", "--lambda", "0", "--k", "10"],
+        "gap": ["--alpha", f"{gap:g}", "--lambda", "1", "--k", "10"],
+        "gap_lambda0": ["--alpha", f"{gap:g}", "--lambda", "0", "--k", "10"],
         "default_lambda0": ["--alpha", "0.1", "--lambda", "0", "--k", "10"],
     }
     for name, extra in runs.items():
@@ -177,10 +179,19 @@ def table(results: dict[str, Any]) -> str:
         ("SARSteer alpha 0.1, lambda 1, k 10 (defaults)", results["default"]["steered"]),
         ("alpha 0.1, lambda 0 (no ablation)", results["default_lambda0"]["steered"]),
         (
-            f"SARSteer alpha {picked:g} (validation pick), lambda 1, k 10",
+            f"SARSteer alpha {picked:g} (validation sweep's recommendation), lambda 1, k 10",
             results["picked"]["steered"],
         ),
         (f"alpha {picked:g}, lambda 0 (no ablation)", results["picked_lambda0"]["steered"]),
+        (
+            f"SARSteer alpha {results['gap_alpha']:g} (validation's widest BRR-ASR gap), "
+            "lambda 1, k 10",
+            results["gap"]["steered"],
+        ),
+        (
+            f"alpha {results['gap_alpha']:g}, lambda 0 (no ablation)",
+            results["gap_lambda0"]["steered"],
+        ),
     ]
     lines = [
         "| held-out speech | ASR (harmful answered) | BRR (benign answered) |",

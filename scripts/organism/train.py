@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--align-weight", type=float, default=0.0, help="speech-text alignment loss weight"
     )
+    parser.add_argument(
+        "--spec-augment", action="store_true", help="mel shift + SpecAugment masks on audio"
+    )
     parser.add_argument("--ship", action="store_true", help="copy the result into the package")
     args = parser.parse_args(argv)
     config = TrainConfig(
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         aux_weight=args.aux_weight,
         pretrain_steps=args.pretrain_steps,
         align_weight=args.align_weight,
+        spec_augment=args.spec_augment,
         **({"mix": args.mix} if args.mix else {}),
     )
     model, processor, log = train(config, report=lambda e: print(json.dumps(e), flush=True))
