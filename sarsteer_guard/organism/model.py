@@ -67,8 +67,16 @@ def build_processor(tokenizer: PreTrainedTokenizerFast) -> Qwen2AudioProcessor:
     return processor
 
 
-def organism_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2AudioConfig:
-    """4 text layers and 2 encoder layers of width :data:`WIDTH` (heads of 64)."""
+def organism_config(
+    tokenizer: PreTrainedTokenizerFast, audio_width: int = WIDTH
+) -> Qwen2AudioConfig:
+    """4 text layers of width :data:`WIDTH` and 2 encoder layers of ``audio_width``.
+
+    Every attention head is 64 wide (what vLLM's CPU attention runs), so both widths are
+    multiples of 64; the projector maps ``audio_width`` to the text width.
+    """
+    if audio_width % 64:
+        raise ValueError(f"audio_width must be a multiple of 64, got {audio_width}")
     tok: Any = tokenizer  # convert_tokens_to_ids is typed as returning int | list[int]
     ids = {t: int(tok.convert_tokens_to_ids(t)) for t in SPECIAL_TOKENS}
     text = {
@@ -90,9 +98,9 @@ def organism_config(tokenizer: PreTrainedTokenizerFast) -> Qwen2AudioConfig:
         "model_type": "qwen2_audio_encoder",
         "num_mel_bins": 128,
         "encoder_layers": 2,
-        "encoder_attention_heads": WIDTH // 64,
-        "encoder_ffn_dim": 4 * WIDTH,
-        "d_model": WIDTH,
+        "encoder_attention_heads": audio_width // 64,
+        "encoder_ffn_dim": 4 * audio_width,
+        "d_model": audio_width,
         "max_source_positions": CHUNK_SECONDS * 50,
     }
     return Qwen2AudioConfig(

@@ -84,6 +84,8 @@ class TrainConfig:
     #: Augment audio features in training (a random mel shift of up to 4 bins, two frequency
     #: and two time masks: SpecAugment plus a crude vocal-tract change), for unseen voices.
     spec_augment: bool = False
+    #: Width of the audio encoder (a multiple of 64; the text decoder stays 64 wide).
+    audio_width: int = 64
 
 
 @dataclass
@@ -263,7 +265,10 @@ def spec_augment(features: torch.Tensor, generator: torch.Generator) -> torch.Te
     """
     out = features.clone()
     rows, mels, frames = out.shape
-    draw = lambda high: int(torch.randint(0, high, (1,), generator=generator))  # noqa: E731
+
+    def draw(high: int) -> int:
+        return int(torch.randint(0, high, (1,), generator=generator))
+
     for row in range(rows):
         floor = out[row].min()
         shift = draw(9) - 4
@@ -302,7 +307,9 @@ def train(
     processor = build_processor(build_tokenizer(corpus(config.data_dir)))
     clips = load_clips(config.data_dir, processor, config.max_clips)
     maker = ExampleMaker(processor, config.data_dir, clips)
-    model: Any = Qwen2AudioForConditionalGeneration(organism_config(processor.tokenizer))
+    model: Any = Qwen2AudioForConditionalGeneration(
+        organism_config(processor.tokenizer, config.audio_width)
+    )
     model.generation_config = generation_config(processor.tokenizer)
     log: dict[str, Any] = {"steps": [], "config": _config_json(config)}
     hidden = int(model.config.text_config.hidden_size)
@@ -516,6 +523,7 @@ def _config_json(config: TrainConfig) -> dict[str, Any]:
         "pretrain_batch": config.pretrain_batch,
         "align_weight": config.align_weight,
         "spec_augment": config.spec_augment,
+        "audio_width": config.audio_width,
     }
 
 

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--spec-augment", action="store_true", help="mel shift + SpecAugment masks on audio"
     )
+    parser.add_argument("--audio-width", type=int, default=64, help="audio encoder width")
     parser.add_argument("--ship", action="store_true", help="copy the result into the package")
     args = parser.parse_args(argv)
     config = TrainConfig(
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         pretrain_steps=args.pretrain_steps,
         align_weight=args.align_weight,
         spec_augment=args.spec_augment,
+        audio_width=args.audio_width,
         **({"mix": args.mix} if args.mix else {}),
     )
     model, processor, log = train(config, report=lambda e: print(json.dumps(e), flush=True))
