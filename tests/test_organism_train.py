@@ -17,7 +17,7 @@ from sarsteer_guard.manifest import load_manifest
 from sarsteer_guard.models import load_model
 from sarsteer_guard.models.base import Message
 from sarsteer_guard.organism.data import VOICES, build_requests
-from sarsteer_guard.organism.train import TrainConfig, save_checkpoint, train
+from sarsteer_guard.organism.train import TrainConfig, save_checkpoint, spec_augment, train
 from sarsteer_guard.synth.augment import sox_available
 from sarsteer_guard.testing.speech import espeak_available
 
@@ -90,3 +90,55 @@ def test_short_training_run_writes_a_loadable_hub_checkpoint(
     assert text.hidden_size // text.num_attention_heads == 64
     ids = lm.generate(lm.encode([[Message(role="user", text="Set a timer.")]]), max_new_tokens=3)
     assert ids.shape[0] == 1
+
+
+def test_attempt_options_train_and_load_with_a_wider_encoder(
+    mini_data: Path, tmp_path: Path
+) -> None:
+    """The alignment loss, feature augmentation and a 128-wide encoder (attempts 8, 10, 12)."""
+    config = TrainConfig(
+        data_dir=mini_data,
+        steps=2,
+        batch=4,
+        warmup=1,
+        log_every=1,
+        pretrain_steps=1,
+        pretrain_batch=4,
+        align_weight=1.0,
+        spec_augment=True,
+        audio_width=128,
+    )
+    model, processor, log = train(config)
+    assert all(0.0 < entry["align_loss"] <= 2.0 for entry in log["steps"])
+    assert log["config"]["audio_width"] == 128
+    target = save_checkpoint(model, processor, log, tmp_path / "wide")
+    lm = load_model(str(target), device="cpu")
+    audio = lm.model.config.audio_config
+    assert audio.d_model == 128
+    assert audio.d_model // audio.encoder_attention_heads == 64
+    assert lm.hidden_size == 64
+
+
+def test_spec_augment_is_seeded_and_keeps_the_silence_floor() -> None:
+    torch = pytest.importorskip("torch")
+    features = torch.rand(3, 128, 200) - 0.5
+    before = features.clone()
+    first = spec_augment(features, torch.Generator().manual_seed(7))
+    again = spec_augment(features, torch.Generator().manual_seed(7))
+    other = spec_augment(features, torch.Generator().manual_seed(8))
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert first.shape == features.shape
+    for row in range(3):
+        assert first[row].min() >= features[row].min()  # masks fill with the row's floor
+    assert torch.equal(features, before)  # the input is not modified
+    assert (first != features).any()
+
+
+def test_encoder_width_must_be_a_multiple_of_64() -> None:
+    from sarsteer_guard.organism.model import build_tokenizer, organism_config
+
+    tokenizer = build_tokenizer(["How do I set a timer?", "I cannot assist with that."])
+    with pytest.raises(ValueError, match="multiple of 64"):
+        organism_config(tokenizer, audio_width=100)
+    assert organism_config(tokenizer, audio_width=192).audio_config.encoder_attention_heads == 3
