@@ -7,9 +7,9 @@ emerged; nothing planted it). A trained stand-in, not a safety evaluation of any
 (docs/organism.md). Steering vectors are calibrated on the organism's training-side clips, then
 held-out clips (prompts and voices never used in training or to choose settings) are answered
 through the Guard with steering off and on, with a policy, a vector store and an audit log in a
-local folder. On this organism steering is only partly selective (harmful clips flip more
-often than benign ones, but many benign clips flip too); docs/organism.md has the measurements
-and why.
+local folder. On this organism steering is only weakly selective (over the full held-out set
+harmful clips flip somewhat more often than benign ones; on a few clips either side may flip
+more); docs/organism.md has the measurements and why.
 """
 
 from __future__ import annotations
@@ -216,6 +216,8 @@ def _print_table(
         print(
             "tiny-trained is a small model trained here as a stand-in, not a safety evaluation "
             "of any real model. It refuses these requests typed but answers them spoken (the "
-            "bypass); steering is only partly selective on it: harmful clips flip more often "
-            "than benign ones, but many benign clips flip too (measured in docs/organism.md)."
+            "bypass). Steering is only weakly selective on it: over 112 + 112 held-out clips "
+            "it flips harmful clips somewhat more often than benign ones (answered 39% vs 54% "
+            "at its validation pick), so on a handful of clips either side may flip more "
+            "(measured in docs/organism.md)."
         )
