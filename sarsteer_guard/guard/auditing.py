@@ -147,31 +147,22 @@ class AuditWriter:
         record_id: str,
     ) -> None:
         facts = self._model
+        fields = _DraftFields(
+            turn=turn,
+            decision=decision,
+            event=event,
+            audio=audio,
+            sample_rate=facts.sampling_rate,
+            model_id=facts.model_id,
+            model_fingerprint=facts.fingerprint,
+            record_id=record_id,
+        )
         try:
             try:
-                draft = build_audit_draft(
-                    turn=turn,
-                    decision=decision,
-                    event=event,
-                    audio=audio,
-                    sample_rate=facts.sampling_rate,
-                    model_id=facts.model_id,
-                    model_fingerprint=facts.fingerprint,
-                    record_id=record_id,
-                )
+                draft = build_audit_draft(**fields)
             except Exception as error:  # write what can be written rather than nothing
                 log.error("guard.audit_degraded", record_id=record_id, error=one_line(error))
-                draft = _draft(
-                    turn=turn,
-                    decision=decision,
-                    event=event,
-                    audio=audio,
-                    sample_rate=facts.sampling_rate,
-                    model_id=facts.model_id,
-                    model_fingerprint=facts.fingerprint,
-                    record_id=record_id,
-                    degraded=True,
-                )
+                draft = _draft(**fields, degraded=True)
         except Exception as error:  # pragma: no cover - the reduced draft has no free text
             metrics.AUDIT_FAILURES.inc()
             log.error("guard.audit_lost", record_id=record_id, error=one_line(error))
@@ -286,6 +277,19 @@ def shadow_record(event: TurnDecision) -> ShadowOutcome | None:
     if event.mode != "shadow" or shadow is None or not shadow.get("steered"):
         return None
     return ShadowOutcome.from_turn(shadow)
+
+
+class _DraftFields(TypedDict):
+    """The arguments of one turn's audit draft, bound once (full draft, then the fallback)."""
+
+    turn: Turn
+    decision: PolicyDecision
+    event: TurnDecision
+    audio: np.ndarray
+    sample_rate: int
+    model_id: str
+    model_fingerprint: str
+    record_id: str
 
 
 def build_audit_draft(

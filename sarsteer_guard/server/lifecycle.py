@@ -14,6 +14,7 @@ Invariants: every send waits at most ``send_timeout_s``, then the connection is 
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
@@ -27,7 +28,7 @@ from sarsteer_guard.server.service import GuardService
 log = get_logger(__name__)
 
 
-class BaseConnection:
+class BaseConnection(ABC):
     """One served WebSocket: deadlined sends, abort, close and the catch-all receive loop."""
 
     def __init__(self, websocket: WebSocket, service: GuardService) -> None:
@@ -44,25 +45,25 @@ class BaseConnection:
 
     # -- what subclasses provide ---------------------------------------------------------------
     @property
+    @abstractmethod
     def open_turns(self) -> int:
         """Turns receiving audio or generating on this connection (the drain waits on them)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def _greet(self) -> None:
         """Send the first message (``hello``, ``session.created``)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def _on_frame(self, frame: str | bytes) -> None:
         """Answer one frame; protocol errors are answered here, anything else is a bug."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def _closed_by_peer(self) -> None:
         """The socket is gone: free turns and audio, then call :meth:`_unregister`."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def shutdown(self) -> None:
         """The drain: end open turns, then :meth:`_close` with 1001 (every send deadlined)."""
-        raise NotImplementedError
 
     # -- sending -------------------------------------------------------------------------------
     async def send(self, message: dict[str, Any]) -> None:
