@@ -53,3 +53,15 @@ def test_held_out_numbers_match_the_recorded_ones(
         asr, brr = rates(rows, arm)
         assert asr == pytest.approx(expected[arm]["asr"], abs=TOLERANCE), arm
         assert brr == pytest.approx(expected[arm]["brr"], abs=TOLERANCE), arm
+
+
+def test_demo_states_the_measured_held_out_figures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The closing sentence quotes results.json, so it cannot drift from the shipped model."""
+    assert main(["demo", "--out", str(tmp_path), "--clips", "1"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    gap = recorded()["measured"]["gap"]["steered"]
+    assert "not a safety evaluation of any real model" in out
+    assert f"{gap['asr']:.0%} of harmful clips answered" in out
+    assert f"{gap['brr']:.0%} of benign clips answered" in out

@@ -142,3 +142,60 @@ def test_encoder_width_must_be_a_multiple_of_64() -> None:
     with pytest.raises(ValueError, match="multiple of 64"):
         organism_config(tokenizer, audio_width=100)
     assert organism_config(tokenizer, audio_width=192).audio_config.encoder_attention_heads == 3
+
+
+def test_cached_pretraining_gives_the_same_weights_as_computing_it(
+    mini_data: Path, tmp_path: Path
+) -> None:
+    """A second run with the same pre-training key loads it, and ends bit for bit the same."""
+    from dataclasses import replace
+
+    torch = pytest.importorskip("torch")
+    config = TrainConfig(
+        data_dir=mini_data,
+        steps=2,
+        batch=4,
+        warmup=1,
+        log_every=1,
+        pretrain_steps=2,
+        pretrain_batch=4,
+    )
+    cache = tmp_path / "cache"
+    plain, _, _ = train(config)
+    first, _, first_log = train(replace(config, pretrain_cache=cache))
+    assert len(list(cache.glob("pretrain-*.pt"))) == 1
+    again, _, again_log = train(replace(config, pretrain_cache=cache))
+    assert again_log["pretrain"] == first_log["pretrain"]
+    for name, value in plain.state_dict().items():
+        assert torch.equal(value, first.state_dict()[name]), name
+        assert torch.equal(value, again.state_dict()[name]), name
+    other, _, _ = train(replace(config, seed=1, pretrain_cache=cache))
+    assert len(list(cache.glob("pretrain-*.pt"))) == 2  # another seed is another key
+    assert not torch.equal(other.lm_head.weight, plain.lm_head.weight)
+
+
+def test_slot_text_tasks_put_typed_requests_where_the_audio_goes(mini_data: Path) -> None:
+    """Attempts 16-17: text safety in the spoken-turn frame; typed text only, no clip."""
+    import numpy as np
+
+    from sarsteer_guard.defaults import DEFAULT_REFUSAL_INSTRUCTION
+    from sarsteer_guard.organism.data import CONTENT_ANSWERS, answer_for
+    from sarsteer_guard.organism.model import build_processor, build_tokenizer
+    from sarsteer_guard.organism.train import ExampleMaker, corpus, load_clips
+
+    processor = build_processor(build_tokenizer(corpus(mini_data, "content")))
+    maker = ExampleMaker(processor, mini_data, load_clips(mini_data, processor, 2), "content")
+    rng = np.random.default_rng(0)
+    decode = processor.tokenizer.decode
+    harmful, benign = maker.make("slot_harmful", rng), maker.make("slot_benign", rng)
+    for example in (harmful, benign):
+        prompt = decode(example.prompt)
+        assert example.clip is None
+        assert "<|AUDIO|>" not in prompt
+        assert "<|audio_bos|>" in prompt
+        assert "the question in the audio." in prompt
+    assert decode(harmful.target).startswith(DEFAULT_REFUSAL_INSTRUCTION)
+    assert decode(benign.target).removesuffix("<|im_end|>") in CONTENT_ANSWERS.values()
+    assert answer_for("weather", "sure").startswith("Sure.")
+    with pytest.raises(ValueError, match="unknown answer style"):
+        answer_for("weather", "polite")

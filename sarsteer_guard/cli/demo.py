@@ -7,9 +7,9 @@ emerged; nothing planted it). A trained stand-in, not a safety evaluation of any
 (docs/organism.md). Steering vectors are calibrated on the organism's training-side clips, then
 held-out clips (prompts and voices never used in training or to choose settings) are answered
 through the Guard with steering off and on, with a policy, a vector store and an audit log in a
-local folder. On this organism steering is only weakly selective (over the full held-out set
-harmful clips flip somewhat more often than benign ones; on a few clips either side may flip
-more); docs/organism.md has the measurements and why.
+local folder. On this organism steering is partly selective (over the full held-out set
+harmful clips flip much more often than benign ones, but many benign clips flip too; on a few
+clips either side may flip); docs/organism.md has the measurements and why.
 """
 
 from __future__ import annotations
@@ -66,6 +66,20 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per clip")
     p.set_defaults(func=run)
+
+
+def organism_summary(measured: dict[str, Any]) -> str:
+    """What the organism is and its held-out figures, read from ``results.json``."""
+    gap = measured["gap"]["steered"]
+    n = gap["n_harmful"] + gap["n_benign"]
+    return (
+        "tiny-trained is a small model trained here as a stand-in, not a safety evaluation of "
+        "any real model. It refuses these requests typed but answers them spoken (the bypass). "
+        f"Over all {n} held-out clips, at the alpha its validation sweep picked "
+        f"({measured['gap_alpha']:g}), steering leaves {gap['asr']:.0%} of harmful clips "
+        f"answered and {gap['brr']:.0%} of benign clips answered, so on a handful of clips "
+        "either side may differ (measured in docs/organism.md)."
+    )
 
 
 def recorded() -> dict[str, Any]:
@@ -213,11 +227,4 @@ def _print_table(
         f"sqlite:///{(out / 'audit.db').resolve()}"
     )
     if model == "tiny-trained":
-        print(
-            "tiny-trained is a small model trained here as a stand-in, not a safety evaluation "
-            "of any real model. It refuses these requests typed but answers them spoken (the "
-            "bypass). Steering is only weakly selective on it: over 112 + 112 held-out clips "
-            "it flips harmful clips somewhat more often than benign ones (answered 39% vs 54% "
-            "at its validation pick), so on a handful of clips either side may flip more "
-            "(measured in docs/organism.md)."
-        )
+        print(organism_summary(recorded()["measured"]))

@@ -188,6 +188,19 @@ ANSWERS: dict[str, str] = {
     "reminders": "Sure. I saved that and will remind you later.",
 }
 
+#: The same answers without the shared "Sure." opener: each starts with its own content, so
+#: the first answer token depends on what was asked (as a real assistant's does) instead of
+#: being one token every spoken request gets.
+CONTENT_ANSWERS: dict[str, str] = {
+    "weather": "It will be sunny and mild, with a light breeze.",
+    "timers": "Your timer is set and will ring when it is done.",
+    "recipes": "Mix the ingredients, then cook them for twenty minutes.",
+    "music": "Playing your music now on the nearest speaker.",
+    "trivia": "Here is the answer, with a short explanation.",
+    "directions": "Go straight for two blocks, then turn left.",
+    "reminders": "Saved. You will get a reminder later.",
+}
+
 #: Voices per split (espeak-ng voice+variant). No voice is in two splits.
 VOICES: dict[str, tuple[str, ...]] = {
     "train": (
@@ -258,6 +271,14 @@ def build_requests(seed: int = 0) -> list[Request]:
     return out
 
 
-def answer_for(category: str) -> str:
+def answer_for(category: str, style: str = "sure") -> str:
     """The trained answer for a benign category, or the refusal for a harmful one."""
-    return ANSWERS.get(category, REFUSAL)
+    return answer_table(style).get(category, REFUSAL)
+
+
+def answer_table(style: str) -> dict[str, str]:
+    """The benign answers of one style: ``"sure"`` (one shared opener) or ``"content"``."""
+    tables = {"sure": ANSWERS, "content": CONTENT_ANSWERS}
+    if style not in tables:
+        raise ValueError(f"unknown answer style {style!r}; use one of {sorted(tables)}")
+    return tables[style]

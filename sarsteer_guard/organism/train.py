@@ -11,6 +11,10 @@ The training mix (every step samples ``batch`` examples from these tasks by weig
 - ``audio_refusal``: any speech + the default prompt with the refusal instruction appended
   (no separator, as calibration sends it; sometimes a space) -> refusal.
 - ``audio_repeat``: any speech + "Repeat what was said in the audio." -> its transcript.
+- ``slot_harmful`` / ``slot_benign``: a *typed* request placed where the audio tokens go,
+  then the default prompt -> refusal / its category's answer. Text-only safety supervision in
+  the frame spoken turns use (real LALMs' text instruction data shares their chat frame), so
+  the answer-or-refuse decision after the default prompt depends on content.
 
 Harmful speech with the plain default prompt is **never** a training input, so whatever the model
 does with it (the bypass, or not) emerges. Nothing here sees steering vectors or steered states.
@@ -39,7 +43,7 @@ from sarsteer_guard.audio import load_audio
 from sarsteer_guard.defaults import DEFAULT_PROMPT, DEFAULT_REFUSAL_INSTRUCTION
 from sarsteer_guard.manifest import ManifestItem, load_manifest
 
-from .data import ANSWERS, CATEGORIES, HARMFUL, TEMPLATES, answer_for
+from .data import CATEGORIES, HARMFUL, TEMPLATES, answer_for, answer_table
 
 TOPIC_TEXT = "What is the topic of this request? "
 TOPIC_AUDIO = "What is the topic of the audio?"
@@ -55,6 +59,8 @@ DEFAULT_MIX: dict[str, float] = {
     "audio_topic": 6,
     "audio_refusal": 4,
     "audio_repeat": 4,
+    "slot_harmful": 2,
+    "slot_benign": 2,
 }
 
 
@@ -86,6 +92,13 @@ class TrainConfig:
     spec_augment: bool = False
     #: Width of the audio encoder (a multiple of 64; the text decoder stays 64 wide).
     audio_width: int = 64
+    #: Folder for pre-training results, keyed by everything pre-training depends on (seed,
+    #: steps, batch, lr, encoder width, augmentation and the training clips): a rerun with
+    #: the same key loads the encoder instead of recomputing it, bit for bit the same.
+    pretrain_cache: Path | None = None
+    #: Benign answers: ``"sure"`` (all open with "Sure.") or ``"content"`` (each opens with
+    #: its own words; see ``data.CONTENT_ANSWERS``).
+    answer_style: str = "sure"
 
 
 @dataclass
@@ -111,11 +124,11 @@ class Example:
     category: int
 
 
-def corpus(data_dir: Path) -> list[str]:
+def corpus(data_dir: Path, answer_style: str = "sure") -> list[str]:
     """Texts the tokenizer is trained on: training and validation prompts plus fixed phrases."""
     texts = [DEFAULT_PROMPT, DEFAULT_REFUSAL_INSTRUCTION, TOPIC_TEXT, TOPIC_AUDIO, REPEAT_AUDIO]
     texts += ["You are a helpful assistant.", "system user assistant Audio 1: 2:", *CATEGORIES]
-    texts += [*ANSWERS.values(), *TEMPLATES]
+    texts += [*answer_table(answer_style).values(), *TEMPLATES]
     for split in ("train", "validation"):
         for side in ("harmful", "benign"):
             path = data_dir / "text" / f"{split}_{side}.txt"
@@ -156,8 +169,11 @@ def load_clips(data_dir: Path, processor: Any, max_clips: int | None) -> Clips:
 class ExampleMaker:
     """Renders prompts with the chat template once and builds task examples from them."""
 
-    def __init__(self, processor: Any, data_dir: Path, clips: Clips) -> None:
+    def __init__(
+        self, processor: Any, data_dir: Path, clips: Clips, answer_style: str = "sure"
+    ) -> None:
         self.processor = processor
+        self.answer_style = answer_style
         self.tok = processor.tokenizer
         self.audio_id = int(self.tok.convert_tokens_to_ids("<|AUDIO|>"))
         self.end_id = int(self.tok.convert_tokens_to_ids("<|im_end|>"))
@@ -187,8 +203,26 @@ class ExampleMaker:
     def _target(self, text: str) -> tuple[int, ...]:
         return (*self.tok(text, add_special_tokens=False)["input_ids"], self.end_id)
 
+    def _slot_text(self, harmful: bool, rng: np.random.Generator) -> Example:
+        """A typed request in the audio slot, with the default prompt -> answer or refusal.
+
+        Text safety supervision in the frame spoken turns use: the request's token ids stand
+        where the audio tokens would, so the answer-or-refuse decision after the default
+        prompt is learned from content. Only typed text is ever supervised to a refusal.
+        """
+        text, category = self.text[harmful][int(rng.integers(len(self.text[harmful])))]
+        ids = self._prompt(DEFAULT_PROMPT, True)
+        at = ids.index(self.audio_id)
+        request = tuple(self.tok(text, add_special_tokens=False)["input_ids"])
+        target = self._target(answer_for(category, self.answer_style))
+        return Example(
+            (*ids[:at], *request, *ids[at + 1 :]), target, None, CATEGORIES.index(category)
+        )
+
     def make(self, task: str, rng: np.random.Generator) -> Example:
         """One example of ``task`` with items drawn from ``rng``."""
+        if task.startswith("slot_"):
+            return self._slot_text(task == "slot_harmful", rng)
         if task.startswith("text_"):
             harmful = task == "text_harmful" or (task != "text_benign" and rng.random() < 0.5)
             text, category = self.text[harmful][int(rng.integers(len(self.text[harmful])))]
@@ -205,7 +239,8 @@ class ExampleMaker:
                 return Example(
                     self._prompt(TOPIC_TEXT + text, False), self._target(category), None, cat
                 )
-            return Example(self._prompt(text, False), self._target(answer_for(category)), None, cat)
+            answer = answer_for(category, self.answer_style)
+            return Example(self._prompt(text, False), self._target(answer), None, cat)
         pool = [
             i
             for i in range(len(self.clips.items))
@@ -216,7 +251,7 @@ class ExampleMaker:
         category = item.category or ""
         cat = CATEGORIES.index(category)
         if task == "audio_benign":
-            prompt, target = DEFAULT_PROMPT, answer_for(category)
+            prompt, target = DEFAULT_PROMPT, answer_for(category, self.answer_style)
         elif task == "audio_topic":
             prompt, target = TOPIC_AUDIO, category
         elif task == "audio_refusal":
@@ -304,9 +339,9 @@ def train(
     torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     started = time.perf_counter()
-    processor = build_processor(build_tokenizer(corpus(config.data_dir)))
+    processor = build_processor(build_tokenizer(corpus(config.data_dir, config.answer_style)))
     clips = load_clips(config.data_dir, processor, config.max_clips)
-    maker = ExampleMaker(processor, config.data_dir, clips)
+    maker = ExampleMaker(processor, config.data_dir, clips, config.answer_style)
     model: Any = Qwen2AudioForConditionalGeneration(
         organism_config(processor.tokenizer, config.audio_width)
     )
@@ -314,19 +349,14 @@ def train(
     log: dict[str, Any] = {"steps": [], "config": _config_json(config)}
     hidden = int(model.config.text_config.hidden_size)
     aux_head = torch.nn.Linear(hidden, len(CATEGORIES))
+    if config.pretrain_steps:
+        log["pretrain"] = _pretrain_or_reuse(model, aux_head, clips, config, report)
+    # Registered after pre-training: the list is cleared once per joint step only, so a hook
+    # live during pre-training kept every pre-training step's graph (about 4 MB a step).
     projected: list[torch.Tensor] = []
     hook = model.model.multi_modal_projector.register_forward_hook(
         lambda _m, _i, out: projected.append(out)
     )
-    if config.pretrain_steps:
-        log["pretrain"] = _pretrain_audio(
-            model,
-            aux_head,
-            clips,
-            config,
-            rng=np.random.default_rng(config.seed + 1),
-            report=report,
-        )
     params = [*model.parameters(), *aux_head.parameters()]
     optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
     tasks = list(config.mix)
@@ -471,6 +501,45 @@ def _pretrain_audio(
     return out
 
 
+def _pretrain_key(config: TrainConfig, clips: Clips) -> str:
+    """Hash of everything audio pre-training depends on."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    fields = (config.seed, config.pretrain_steps, config.pretrain_batch, config.lr)
+    digest.update(repr((*fields, config.warmup, config.audio_width, config.spec_augment)).encode())
+    digest.update(repr([(i.id, i.category) for i in clips.items]).encode())
+    digest.update(clips.features.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _pretrain_or_reuse(
+    model: Any,
+    head: torch.nn.Linear,
+    clips: Clips,
+    config: TrainConfig,
+    report: Callable[[dict[str, Any]], None] | None,
+) -> list[dict[str, Any]]:
+    """Pre-train the audio side, or load the cached result of the same pre-training."""
+    cached = None
+    if config.pretrain_cache is not None:
+        cached = config.pretrain_cache / f"pretrain-{_pretrain_key(config, clips)}.pt"
+        if cached.is_file():
+            state = torch.load(cached, weights_only=True)
+            model.load_state_dict(state["model"])
+            head.load_state_dict(state["head"])
+            log: list[dict[str, Any]] = json.loads(state["log"])
+            return log
+    log = _pretrain_audio(
+        model, head, clips, config, rng=np.random.default_rng(config.seed + 1), report=report
+    )
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        state = {"model": model.state_dict(), "head": head.state_dict(), "log": json.dumps(log)}
+        torch.save(state, cached)
+    return log
+
+
 def _mean_valid(projected: torch.Tensor, model: Any, feature_mask: torch.Tensor) -> torch.Tensor:
     """Mean of each clip's valid projected audio tokens ([rows, hidden])."""
     _, out_lengths = model.model.audio_tower._get_feat_extract_output_lengths(feature_mask.sum(-1))
@@ -524,6 +593,7 @@ def _config_json(config: TrainConfig) -> dict[str, Any]:
         "align_weight": config.align_weight,
         "spec_augment": config.spec_augment,
         "audio_width": config.audio_width,
+        "answer_style": config.answer_style,
     }
 
 

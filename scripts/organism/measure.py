@@ -32,8 +32,12 @@ from typing import Any
 from sarsteer_guard.cli import main as cli
 from sarsteer_guard.evaluation.metrics import wilson_interval
 
-#: Finer where this organism's refusal window lies (about 0.15-0.35 with lambda 1).
-ALPHAS = "0.05,0.1,0.15,0.18,0.2,0.21,0.22,0.23,0.24,0.25,0.28,0.3,0.35,0.4,0.5,0.7,1.0"
+#: Finer where the organisms' refusal windows lie (0.18-0.25 for attempt 9, 0.3-0.5 since
+#: attempt 16, with lambda 1).
+ALPHAS = (
+    "0.05,0.1,0.15,0.18,0.2,0.21,0.22,0.23,0.24,0.25,0.28,0.3,0.32,0.34,0.36,0.38,"
+    "0.4,0.42,0.44,0.46,0.48,0.5,0.55,0.6,0.7,1.0"
+)
 
 
 def _run_json(argv: list[str]) -> dict[str, Any]:

@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         "--spec-augment", action="store_true", help="mel shift + SpecAugment masks on audio"
     )
     parser.add_argument("--audio-width", type=int, default=64, help="audio encoder width")
+    parser.add_argument(
+        "--answer-style", choices=("sure", "content"), default="sure", help="benign answers"
+    )
+    parser.add_argument(
+        "--pretrain-cache", type=Path, default=None, help="reuse identical audio pre-training"
+    )
     parser.add_argument("--ship", action="store_true", help="copy the result into the package")
     args = parser.parse_args(argv)
     config = TrainConfig(
@@ -56,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         align_weight=args.align_weight,
         spec_augment=args.spec_augment,
         audio_width=args.audio_width,
+        answer_style=args.answer_style,
+        pretrain_cache=args.pretrain_cache,
         **({"mix": args.mix} if args.mix else {}),
     )
     model, processor, log = train(config, report=lambda e: print(json.dumps(e), flush=True))
