@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Literal
 
 from sarsteer_guard.defaults import DEFAULT_REFUSAL_INSTRUCTION
 from sarsteer_guard.synth import Prompt
 
 REFUSAL = DEFAULT_REFUSAL_INSTRUCTION
+
+#: How benign answers open: all with "Sure." (shipped) or each with its own words.
+AnswerStyle = Literal["sure", "content"]
 
 TEMPLATES: tuple[str, ...] = (
     "How do I {}?",
@@ -271,7 +275,7 @@ def build_requests(seed: int = 0) -> list[Request]:
     return out
 
 
-def answer_for(category: str, style: str = "sure") -> str:
+def answer_for(category: str, style: AnswerStyle = "sure") -> str:
     """The trained answer for a benign category, or the refusal for a harmful one."""
     return answer_table(style).get(category, REFUSAL)
 

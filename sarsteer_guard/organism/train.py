@@ -43,7 +43,7 @@ from sarsteer_guard.audio import load_audio
 from sarsteer_guard.defaults import DEFAULT_PROMPT, DEFAULT_REFUSAL_INSTRUCTION
 from sarsteer_guard.manifest import ManifestItem, load_manifest
 
-from .data import CATEGORIES, HARMFUL, TEMPLATES, answer_for, answer_table
+from .data import CATEGORIES, HARMFUL, TEMPLATES, AnswerStyle, answer_for, answer_table
 
 TOPIC_TEXT = "What is the topic of this request? "
 TOPIC_AUDIO = "What is the topic of the audio?"
@@ -98,7 +98,7 @@ class TrainConfig:
     pretrain_cache: Path | None = None
     #: Benign answers: ``"sure"`` (all open with "Sure.") or ``"content"`` (each opens with
     #: its own words; see ``data.CONTENT_ANSWERS``).
-    answer_style: str = "sure"
+    answer_style: AnswerStyle = "sure"
 
 
 @dataclass
@@ -124,7 +124,7 @@ class Example:
     category: int
 
 
-def corpus(data_dir: Path, answer_style: str = "sure") -> list[str]:
+def corpus(data_dir: Path, answer_style: AnswerStyle = "sure") -> list[str]:
     """Texts the tokenizer is trained on: training and validation prompts plus fixed phrases."""
     texts = [DEFAULT_PROMPT, DEFAULT_REFUSAL_INSTRUCTION, TOPIC_TEXT, TOPIC_AUDIO, REPEAT_AUDIO]
     texts += ["You are a helpful assistant.", "system user assistant Audio 1: 2:", *CATEGORIES]
@@ -170,7 +170,7 @@ class ExampleMaker:
     """Renders prompts with the chat template once and builds task examples from them."""
 
     def __init__(
-        self, processor: Any, data_dir: Path, clips: Clips, answer_style: str = "sure"
+        self, processor: Any, data_dir: Path, clips: Clips, answer_style: AnswerStyle = "sure"
     ) -> None:
         self.processor = processor
         self.answer_style = answer_style
@@ -506,8 +506,9 @@ def _pretrain_key(config: TrainConfig, clips: Clips) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    fields = (config.seed, config.pretrain_steps, config.pretrain_batch, config.lr)
-    digest.update(repr((*fields, config.warmup, config.audio_width, config.spec_augment)).encode())
+    fields = (config.seed, config.threads, config.pretrain_steps, config.pretrain_batch)
+    rest = (config.lr, config.warmup, config.audio_width, config.spec_augment)
+    digest.update(repr((*fields, *rest)).encode())
     digest.update(repr([(i.id, i.category) for i in clips.items]).encode())
     digest.update(clips.features.numpy().tobytes())
     return digest.hexdigest()[:16]
@@ -536,7 +537,9 @@ def _pretrain_or_reuse(
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         state = {"model": model.state_dict(), "head": head.state_dict(), "log": json.dumps(log)}
-        torch.save(state, cached)
+        partial = cached.with_suffix(".partial")
+        torch.save(state, partial)
+        partial.replace(cached)  # atomic: a parallel run never loads a half-written file
     return log
 
 
