@@ -175,7 +175,7 @@ def test_cached_pretraining_gives_the_same_weights_as_computing_it(
 
 
 def test_slot_text_tasks_put_typed_requests_where_the_audio_goes(mini_data: Path) -> None:
-    """Attempts 16-17: text safety in the spoken-turn frame; typed text only, no clip."""
+    """Attempts 16-18: text safety in the spoken-turn frame; typed text only, no clip."""
     import numpy as np
 
     from sarsteer_guard.defaults import DEFAULT_REFUSAL_INSTRUCTION
@@ -194,6 +194,8 @@ def test_slot_text_tasks_put_typed_requests_where_the_audio_goes(mini_data: Path
         assert "<|AUDIO|>" not in prompt
         assert "<|audio_bos|>" in prompt
         assert "the question in the audio." in prompt
+        slot = prompt.split("<|audio_bos|>")[1].split("<|audio_eos|>")[0]
+        assert slot in {text for side in maker.text.values() for text, _ in side}
     assert decode(harmful.target).startswith(DEFAULT_REFUSAL_INSTRUCTION)
     assert decode(benign.target).removesuffix("<|im_end|>") in CONTENT_ANSWERS.values()
     assert answer_for("weather", "sure").startswith("Sure.")
