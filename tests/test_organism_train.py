@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,11 @@ def test_splits_are_disjoint_by_prompt_and_voice() -> None:
     assert len({r.text for r in requests if r.harmful}) >= 300
     assert len({r.text for r in requests if not r.harmful}) >= 300
     assert build_requests(0) == requests
+
+
+def tiny_config(data_dir: Path) -> TrainConfig:
+    """A two-step run on ``data_dir`` (seconds on a CPU); tests vary it with ``replace``."""
+    return TrainConfig(data_dir=data_dir, steps=2, batch=4, warmup=1, log_every=1, pretrain_batch=4)
 
 
 @pytest.fixture(scope="module")
@@ -96,14 +102,9 @@ def test_attempt_options_train_and_load_with_a_wider_encoder(
     mini_data: Path, tmp_path: Path
 ) -> None:
     """The alignment loss, feature augmentation and a 128-wide encoder (attempts 8, 10, 12)."""
-    config = TrainConfig(
-        data_dir=mini_data,
-        steps=2,
-        batch=4,
-        warmup=1,
-        log_every=1,
+    config = replace(
+        tiny_config(mini_data),
         pretrain_steps=1,
-        pretrain_batch=4,
         align_weight=1.0,
         spec_augment=True,
         audio_width=128,
@@ -148,18 +149,8 @@ def test_cached_pretraining_gives_the_same_weights_as_computing_it(
     mini_data: Path, tmp_path: Path
 ) -> None:
     """A second run with the same pre-training key loads it, and ends bit for bit the same."""
-    from dataclasses import replace
-
     torch = pytest.importorskip("torch")
-    config = TrainConfig(
-        data_dir=mini_data,
-        steps=2,
-        batch=4,
-        warmup=1,
-        log_every=1,
-        pretrain_steps=2,
-        pretrain_batch=4,
-    )
+    config = replace(tiny_config(mini_data), pretrain_steps=2)
     cache = tmp_path / "cache"
     plain, _, _ = train(config)
     first, _, first_log = train(replace(config, pretrain_cache=cache))
