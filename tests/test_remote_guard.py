@@ -97,6 +97,11 @@ async def test_concurrent_turns_share_one_connection() -> None:
             results = await asyncio.gather(
                 *(collect(remote, Turn(audio=tone(0.1), session_id=f"s{i}")) for i in range(8))
             )
+            # The server closes a turn just after sending its last event: give it a moment.
+            for _ in range(100):
+                if server.service.open_turns() == 0:
+                    break
+                await asyncio.sleep(0.01)
             assert server.service.open_turns() == 0
     for events in results:
         assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "a b c d"
