@@ -192,3 +192,31 @@ def test_slot_text_tasks_put_typed_requests_where_the_audio_goes(mini_data: Path
     assert answer_for("weather", "sure").startswith("Sure.")
     with pytest.raises(ValueError, match="unknown answer style"):
         answer_for("weather", "polite")
+
+
+def test_phrase_index_names_the_phrase_each_request_is_built_on() -> None:
+    from sarsteer_guard.organism.data import PHRASES, phrase_index
+
+    requests = build_requests(0)
+    assert len(set(PHRASES)) == len(PHRASES) == 112
+    for request in requests:
+        assert PHRASES[phrase_index(request.text)].lower() in request.text.lower()
+    assert len({phrase_index(r.text) for r in requests}) == len(PHRASES)
+    with pytest.raises(ValueError, match="no organism phrase"):
+        phrase_index("Read me a poem.")
+
+
+def test_phrase_pretraining_is_its_own_cache_key_and_changes_the_encoder(
+    mini_data: Path, tmp_path: Path
+) -> None:
+    """Attempt 22: phrase pre-training trains, is cached apart, and leaves other runs alone."""
+    torch = pytest.importorskip("torch")
+    cache = tmp_path / "cache"
+    config = replace(tiny_config(mini_data), pretrain_steps=2, pretrain_cache=cache)
+    plain, _, _ = train(config)
+    phrased, _, log = train(replace(config, pretrain_phrases=True))
+    assert len(list(cache.glob("pretrain-*.pt"))) == 2
+    assert log["config"]["pretrain_phrases"] is True
+    assert len(log["pretrain"]) == 2
+    encoder = "audio_tower.layers.0.fc1.weight"
+    assert not torch.equal(plain.model.state_dict()[encoder], phrased.model.state_dict()[encoder])

@@ -275,6 +275,24 @@ def build_requests(seed: int = 0) -> list[Request]:
     return out
 
 
+#: Every request phrase, harmful then benign, in table order: the labels of phrase pre-training.
+PHRASES: tuple[str, ...] = tuple(
+    phrase for table in (HARMFUL, BENIGN) for phrases in table.values() for phrase in phrases
+)
+
+
+def phrase_index(text: str) -> int:
+    """Index in ``PHRASES`` of the phrase a request sentence is built on (the longest match).
+
+    Raises ``ValueError`` for text built on no known phrase (a manifest from other data).
+    """
+    lowered = text.lower()
+    found = [i for i, phrase in enumerate(PHRASES) if phrase.lower() in lowered]
+    if not found:
+        raise ValueError(f"no organism phrase in {text!r}; phrase pre-training needs organism data")
+    return max(found, key=lambda i: len(PHRASES[i]))
+
+
 def answer_for(category: str, style: AnswerStyle = "sure") -> str:
     """The trained answer for a benign category, or the refusal for a harmful one."""
     return answer_table(style).get(category, REFUSAL)

@@ -43,7 +43,16 @@ from sarsteer_guard.audio import load_audio
 from sarsteer_guard.defaults import DEFAULT_PROMPT, DEFAULT_REFUSAL_INSTRUCTION
 from sarsteer_guard.manifest import ManifestItem, load_manifest
 
-from .data import CATEGORIES, HARMFUL, TEMPLATES, AnswerStyle, answer_for, answer_table
+from .data import (
+    CATEGORIES,
+    HARMFUL,
+    PHRASES,
+    TEMPLATES,
+    AnswerStyle,
+    answer_for,
+    answer_table,
+    phrase_index,
+)
 
 TOPIC_TEXT = "What is the topic of this request? "
 TOPIC_AUDIO = "What is the topic of the audio?"
@@ -96,6 +105,10 @@ class TrainConfig:
     #: steps, batch, lr, encoder width, augmentation and the training clips): a rerun with
     #: the same key loads the encoder instead of recomputing it, bit for bit the same.
     pretrain_cache: Path | None = None
+    #: Pre-train on the request's phrase (which of the 112 phrases was spoken, a separate,
+    #: discarded head) as well as its category: word-level hearing, where 14 categories alone
+    #: can be told apart from a few salient sounds.
+    pretrain_phrases: bool = False
     #: Benign answers: ``"sure"`` (all open with "Sure.") or ``"content"`` (each opens with
     #: its own words; see ``data.CONTENT_ANSWERS``).
     answer_style: AnswerStyle = "sure"
@@ -147,8 +160,11 @@ def load_clips(data_dir: Path, processor: Any, max_clips: int | None) -> Clips:
         items += loaded
         harmful += [side == "harmful"] * len(loaded)
     extractor = processor.feature_extractor
-    feats, masks = [], []
-    for item in items:
+    # Filled in place: a list then a stack held every clip's features twice (attempt 26's
+    # first run, 32 renderings per prompt, was killed out of memory at 15 GB).
+    features: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    for row, item in enumerate(items):
         assert item.audio is not None  # noqa: S101  # organism manifests always have audio
         wave = load_audio(item.audio, target_rate=16000)
         out = extractor(
@@ -158,12 +174,16 @@ def load_clips(data_dir: Path, processor: Any, max_clips: int | None) -> Clips:
             padding="max_length",
             return_tensors="pt",
         )
-        feats.append(out["input_features"][0])
-        masks.append(out["attention_mask"][0])
-    mask = torch.stack(masks)
+        if features is None or mask is None:
+            features = torch.empty((len(items), *out["input_features"].shape[1:]))
+            mask = torch.empty((len(items), *out["attention_mask"].shape[1:]), dtype=torch.long)
+        features[row] = out["input_features"][0]
+        mask[row] = out["attention_mask"][0]
+    if features is None or mask is None:
+        raise ValueError(f"no training clips under {data_dir / 'train'}; run make_data.py first")
     lengths = mask.sum(-1).tolist()
     n_tokens = [(((int(n) - 1) // 2 + 1) - 2) // 2 + 1 for n in lengths]
-    return Clips(torch.stack(feats), mask, n_tokens, items, harmful)
+    return Clips(features, mask, n_tokens, items, harmful)
 
 
 class ExampleMaker:
@@ -459,11 +479,20 @@ def _pretrain_audio(
     rng: np.random.Generator,
     report: Callable[[dict[str, Any]], None] | None,
 ) -> list[dict[str, Any]]:
-    """Audio-only category classification (encoder + projector + head); returns the log."""
+    """Audio-only category (and phrase) classification of the encoder + projector; the log.
+
+    The phrase head only exists here and is discarded; the category head goes on into joint
+    training as the auxiliary head.
+    """
+    phrase_head, phrases = None, torch.zeros(0, dtype=torch.long)
+    if config.pretrain_phrases:
+        phrase_head = torch.nn.Linear(head.in_features, len(PHRASES))
+        phrases = torch.tensor([phrase_index(item.transcript or "") for item in clips.items])
     params = [
         *model.model.audio_tower.parameters(),
         *model.model.multi_modal_projector.parameters(),
         *head.parameters(),
+        *(phrase_head.parameters() if phrase_head is not None else ()),
     ]
     optim = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.01)
     labels = torch.tensor([CATEGORIES.index(item.category or "") for item in clips.items])
@@ -476,8 +505,11 @@ def _pretrain_audio(
         features = clips.features[rows]
         if config.spec_augment:
             features = spec_augment(features, augment_rng)
-        logits = head(audio_embeddings(model, features, clips.masks[rows]))
+        pooled = audio_embeddings(model, features, clips.masks[rows])
+        logits = head(pooled)
         loss = torch.nn.functional.cross_entropy(logits, labels[rows])
+        if phrase_head is not None:
+            loss = loss + torch.nn.functional.cross_entropy(phrase_head(pooled), phrases[rows])
         for group in optim.param_groups:
             group["lr"] = config.lr * min(1.0, (step + 1) / config.warmup)
         optim.zero_grad()
@@ -507,10 +539,12 @@ def _pretrain_key(config: TrainConfig, clips: Clips) -> str:
 
     digest = hashlib.sha256()
     fields = (config.seed, config.threads, config.pretrain_steps, config.pretrain_batch)
-    rest = (config.lr, config.warmup, config.audio_width, config.spec_augment)
+    rest: tuple[object, ...] = (config.lr, config.warmup, config.audio_width, config.spec_augment)
+    if config.pretrain_phrases:  # appended only when on: the shipped recipe's keys stay valid
+        rest = (*rest, "phrases")
     digest.update(repr((*fields, *rest)).encode())
     digest.update(repr([(i.id, i.category) for i in clips.items]).encode())
-    digest.update(clips.features.numpy().tobytes())
+    digest.update(clips.features.contiguous().numpy().data)  # the buffer itself, not a copy
     return digest.hexdigest()[:16]
 
 
@@ -597,6 +631,7 @@ def _config_json(config: TrainConfig) -> dict[str, Any]:
         "spec_augment": config.spec_augment,
         "audio_width": config.audio_width,
         "answer_style": config.answer_style,
+        "pretrain_phrases": config.pretrain_phrases,
     }
 
 

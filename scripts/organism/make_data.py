@@ -20,12 +20,13 @@ from sarsteer_guard.manifest import load_manifest, write_manifest
 from sarsteer_guard.organism.data import VOICES, build_requests
 from sarsteer_guard.synth import SynthPlan, synthesize_manifest
 
-#: Clips per prompt in each split (training sees each prompt in four voices/conditions).
-VARIANTS = {"train": 4, "validation": 1, "heldout": 1}
+#: Clips per prompt in each split (training hears each prompt in sixteen drawn voices and
+#: conditions since attempt 23; rendering i of a prompt is the same at any count).
+VARIANTS = {"train": 16, "validation": 1, "heldout": 1}
 CALIBRATION_PER_SIDE = 64
 
 
-def plan_for(split: str, seed: int) -> SynthPlan:
+def plan_for(split: str, seed: int, variants: int | None = None) -> SynthPlan:
     """Voices of the split; rates, pitches and channel conditions shared by all splits."""
     return SynthPlan(
         voices=VOICES[split],
@@ -35,7 +36,7 @@ def plan_for(split: str, seed: int) -> SynthPlan:
         telephone_share=0.2,
         noise_share=0.2,
         snr_db=(15.0, 20.0, 25.0),
-        variants=VARIANTS[split],
+        variants=variants or VARIANTS[split],
         seed=seed,
     )
 
@@ -48,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "--limit", type=int, default=None, help="prompts per split and side (smoke tests)"
+    )
+    parser.add_argument(
+        "--train-variants",
+        type=int,
+        default=VARIANTS["train"],
+        help="renderings per training prompt (validation and held-out keep one)",
     )
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -66,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
                 [r.prompt for r in chosen],
                 args.out / split,
                 side,
-                plan_for(split, seed),
+                plan_for(split, seed, args.train_variants if split == "train" else None),
                 progress=not args.no_progress,
             )
             voices = {spec.id: spec.voice for spec in specs}
             (args.out / split / f"{side}.voices.json").write_text(json.dumps(voices, indent=0))
             counts[f"{split}/{side}"] = len(specs)
             if split == "train":
-                firsts = load_manifest(manifest).items[:: VARIANTS[split]]
+                firsts = load_manifest(manifest).items[:: args.train_variants]
                 step = max(1, len(firsts) // CALIBRATION_PER_SIDE)  # every category
                 items = firsts[::step][:CALIBRATION_PER_SIDE]
                 write_manifest(

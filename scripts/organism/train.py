@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         "--answer-style", choices=("sure", "content"), default="sure", help="benign answers"
     )
     parser.add_argument(
+        "--pretrain-phrases", action="store_true", help="pre-train on the spoken phrase too"
+    )
+    parser.add_argument(
         "--pretrain-cache", type=Path, default=None, help="reuse identical audio pre-training"
     )
     parser.add_argument("--ship", action="store_true", help="copy the result into the package")
@@ -64,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         audio_width=args.audio_width,
         answer_style=args.answer_style,
         pretrain_cache=args.pretrain_cache,
+        pretrain_phrases=args.pretrain_phrases,
         **({"mix": args.mix} if args.mix else {}),
     )
     model, processor, log = train(config, report=lambda e: print(json.dumps(e), flush=True))
