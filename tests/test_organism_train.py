@@ -78,6 +78,34 @@ def test_make_data_writes_split_manifests(mini_data: Path) -> None:
     assert len(load_manifest(mini_data / "calibration" / "benign.jsonl")) >= 1
 
 
+def test_fewer_training_renderings_are_a_prefix_of_more(mini_data: Path, tmp_path: Path) -> None:
+    """Attempts 21-26: rendering i of a prompt is the same clip at any --train-variants."""
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/organism/make_data.py"),
+            *("--out", str(tmp_path), "--limit", "4", "--train-variants", "2", "--no-progress"),
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
+    few = load_manifest(tmp_path / "train" / "benign.jsonl").items
+    many = {item.id: item for item in load_manifest(mini_data / "train" / "benign.jsonl")}
+    assert len(few) == 8
+    assert len(many) == 4 * 16  # the default: sixteen renderings per training prompt
+    for item in few:
+        assert item.audio is not None
+        twin = many[item.id].audio
+        assert twin is not None
+        assert item.audio.read_bytes() == twin.read_bytes(), item.id
+    calibration = tmp_path / "calibration" / "benign.jsonl"
+    assert calibration.read_text().replace(str(tmp_path), "") == (
+        (mini_data / "calibration" / "benign.jsonl").read_text().replace(str(mini_data), "")
+    )
+
+
 def test_short_training_run_writes_a_loadable_hub_checkpoint(
     mini_data: Path, tmp_path: Path
 ) -> None:

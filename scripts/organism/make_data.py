@@ -36,7 +36,7 @@ def plan_for(split: str, seed: int, variants: int | None = None) -> SynthPlan:
         telephone_share=0.2,
         noise_share=0.2,
         snr_db=(15.0, 20.0, 25.0),
-        variants=variants or VARIANTS[split],
+        variants=VARIANTS[split] if variants is None else variants,
         seed=seed,
     )
 
