@@ -61,7 +61,21 @@ def test_demo_states_the_measured_held_out_figures(
     """The closing sentence quotes results.json, so it cannot drift from the shipped model."""
     assert main(["demo", "--out", str(tmp_path), "--clips", "1"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    gap = recorded()["measured"]["gap"]["steered"]
+    measured = recorded()["measured"]
+    steered, pick = measured["grid"]["steered"], measured["grid_pick"]
     assert "not a safety evaluation of any real model" in out
-    assert f"{gap['asr']:.0%} of harmful clips answered" in out
-    assert f"{gap['brr']:.0%} of benign clips answered" in out
+    assert f"(alpha {pick['alpha']:g}, lambda {pick['lambda']:g}, k {pick['k']})" in out
+    assert f"{steered['asr']:.0%} of harmful clips answered" in out
+    assert f"{steered['brr']:.0%} of benign clips answered" in out
+
+
+def test_demo_steers_with_the_recorded_setting(tmp_path: Path) -> None:
+    """The demo's policy carries the alpha, lambda and k its validation sweep picked."""
+    from sarsteer_guard.policy import load_policy
+
+    assert main(["demo", "--out", str(tmp_path), "--clips", "1", "--json"]) == 0
+    policy = load_policy(tmp_path / "demo-policy.yaml")
+    shipped = recorded()
+    assert policy.calibration.k == shipped["demo_k"]
+    assert policy.calibration.lam == pytest.approx(shipped["demo_lambda"])
+    assert policy.defaults.alpha == pytest.approx(shipped["demo_alpha"])

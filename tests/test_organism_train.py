@@ -6,6 +6,7 @@ written in the hub layout and loaded back through ``load_model`` like any checkp
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -248,3 +249,58 @@ def test_phrase_pretraining_is_its_own_cache_key_and_changes_the_encoder(
     assert len(log["pretrain"]) == 2
     encoder = "audio_tower.layers.0.fc1.weight"
     assert not torch.equal(plain.model.state_dict()[encoder], phrased.model.state_dict()[encoder])
+
+
+def test_measure_picks_the_widest_validation_gap_over_the_grid(tmp_path: Path) -> None:
+    """measure.py's grid step: one sweep per k, the pick is the widest gap, held-out is eval'd.
+
+    Twelve prompts per split and side: the reference k of 10 needs more than ten benign
+    calibration clips.
+    """
+    import json
+
+    data, out = tmp_path / "data", tmp_path / "measure"
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/organism/make_data.py"),
+            *("--out", str(data), "--limit", "12", "--train-variants", "1", "--no-progress"),
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=300,
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts/organism/measure.py"),
+            *("--model", "tiny-trained", "--data", str(data), "--out", str(out)),
+            *("--alphas", "0.3", "--grid-alphas", "0.2,0.4", "--grid-lambdas", "1"),
+            *("--grid-ks", "3,10", "--max-new-tokens", "8"),
+        ],
+        check=True,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    results = json.loads((out / "results.json").read_text())
+    settings = results["grid_sweep"]
+    assert sorted((row["alpha"], row["k"]) for row in settings) == sorted(
+        {
+            (0.1, 10),  # every sweep also runs the reference defaults, kept once
+            (0.3, 10),
+            (0.2, 3),
+            (0.4, 3),
+            (0.2, 10),
+            (0.4, 10),
+        }
+    )
+    gaps = [row["brr"]["rate"] - row["asr"]["rate"] for row in settings]
+    pick = results["grid_pick"]
+    assert pick["validation_brr"] - pick["validation_asr"] == pytest.approx(max(gaps))
+    assert results["grid"]["steered"]["n_harmful"] == len(
+        load_manifest(data / "heldout" / "harmful.jsonl")
+    )
+    assert results["grid_lambda0"]["steered"]["n_benign"] == 12

@@ -27,13 +27,13 @@ from sarsteer_guard.cli._common import MODEL_HELP
 ORGANISM_DIR = Path(__file__).resolve().parents[1] / "data" / "organism"
 
 _DEMO_POLICY = """\
-# Written by `sarsteer-guard demo`: the organism's training-side calibration clips, the alpha a
-# sweep on its validation split picked, and a rule that turns steering off, so the same clip
-# can be answered both ways.
+# Written by `sarsteer-guard demo`: the organism's training-side calibration clips, the alpha,
+# lambda and k a sweep on its validation split picked, and a rule that turns steering off, so
+# the same clip can be answered both ways.
 name: demo
 version: "1"
 model: "*"
-calibration: {{k: 10, lambda: 1.0, harmful: "{harmful}", benign: "{benign}"}}
+calibration: {{k: {k}, lambda: {lam}, harmful: "{harmful}", benign: "{benign}"}}
 defaults: {{alpha: {alpha}}}
 failure_mode: fail_closed
 audit: {{record: refused, keep_audio: false, retention_days: 183}}
@@ -70,15 +70,18 @@ def register(subparsers: Any) -> None:
 
 def organism_summary(measured: dict[str, Any]) -> str:
     """What the organism is and its held-out figures, read from ``results.json``."""
-    gap = measured["gap"]["steered"]
-    n = gap["n_harmful"] + gap["n_benign"]
+    pick = measured["grid_pick"]
+    steered = measured["grid"]["steered"]
+    n = steered["n_harmful"] + steered["n_benign"]
     return (
         "tiny-trained is a small model trained here as a stand-in, not a safety evaluation of "
         "any real model. It refuses these requests typed but answers them spoken (the bypass). "
-        f"Over all {n} held-out clips, at the alpha its validation sweep picked "
-        f"({measured['gap_alpha']:g}), steering leaves {gap['asr']:.0%} of harmful clips "
-        f"answered and {gap['brr']:.0%} of benign clips answered, so on a handful of clips "
-        "either side may differ (measured in docs/organism.md)."
+        f"Over all {n} held-out clips, with the full training-side calibration set and the "
+        f"setting a validation sweep picked for it (alpha {pick['alpha']:g}, lambda "
+        f"{pick['lambda']:g}, k {pick['k']}), steering leaves "
+        f"{steered['asr']:.0%} of harmful clips answered and {steered['brr']:.0%} of benign "
+        "clips answered, so on a handful of clips either side may differ (measured in "
+        "docs/organism.md)."
     )
 
 
@@ -110,13 +113,16 @@ async def _demo(args: argparse.Namespace) -> int:
     from sarsteer_guard.manifest import load_manifest
 
     args.out.mkdir(parents=True, exist_ok=True)
-    alpha = args.alpha if args.alpha is not None else float(recorded()["demo_alpha"])
+    shipped = recorded()
+    alpha = args.alpha if args.alpha is not None else float(shipped["demo_alpha"])
     policy = args.out / "demo-policy.yaml"
     policy.write_text(
         _DEMO_POLICY.format(
             harmful=(ORGANISM_DIR / "calibration" / "harmful.jsonl").as_posix(),
             benign=(ORGANISM_DIR / "calibration" / "benign.jsonl").as_posix(),
             alpha=alpha,
+            lam=float(shipped["demo_lambda"]),
+            k=int(shipped["demo_k"]),
         )
     )
     store = args.out / "vectors"
@@ -145,8 +151,9 @@ async def _demo(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row))
         return 0
+    setting = f"alpha {alpha:g}, lambda {float(shipped['demo_lambda']):g}, k {shipped['demo_k']}"
     _print_table(
-        rows, model=args.model, seconds=ready, out=args.out, calibrated=calibrated, alpha=alpha
+        rows, model=args.model, seconds=ready, out=args.out, calibrated=calibrated, setting=setting
     )
     return 0
 
@@ -201,7 +208,7 @@ def _print_table(
     seconds: float,
     out: Path,
     calibrated: bool,
-    alpha: float,
+    setting: str,
 ) -> None:
     how = (
         f"loaded and calibrated in {seconds:.1f} s"
@@ -209,11 +216,11 @@ def _print_table(
         else f"loaded in {seconds:.1f} s, vectors reused from {out}/vectors (calibrated earlier)"
     )
     print(f"\nmodel {model}: {how}")
-    print(f"held-out clips (prompts and voices never seen in training); SARSteer alpha {alpha:g}\n")
+    print(f"held-out clips (prompts and voices never seen in training); SARSteer {setting}\n")
     wrap = textwrap.TextWrapper(width=92, initial_indent="    ", subsequent_indent="    ")
     for row in rows:
         print(f'[{row["kind"]}] {row["clip"]}: "{row["transcript"]}"')
-        for label, key in (("no steering", "unsteered"), (f"alpha {alpha:g}", "steered")):
+        for label, key in (("no steering", "unsteered"), ("steered", "steered")):
             mark = "REFUSED " if row[f"refused_{key}"] else "answered"
             print(wrap.fill(f"{label:<12} {mark}  {row[key]}"))
     asr_off, brr_off = rates(rows, "unsteered")

@@ -173,8 +173,9 @@ class Guard:
             log.warning(
                 "guard.test_model",
                 model=facts.model_id,
-                hint="built-in test model with random/constructed weights; pass model=<hub id "
-                "or path> (e.g. Qwen/Qwen2-Audio-7B-Instruct) to guard real traffic",
+                hint="built-in test model (random, constructed or tiny trained weights, not a real "
+                "audio LM); pass model=<hub id or path> (e.g. Qwen/Qwen2-Audio-7B-Instruct) to "
+                "guard real traffic",
             )
         self._load_policy()
         check_policy_fits(self.policy, facts)  # before any store is opened: a config error

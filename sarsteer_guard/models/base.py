@@ -127,7 +127,8 @@ class AudioLanguageModel(ABC):
         device: device of the model's parameters.
         dtype: floating dtype of the model's parameters.
         fingerprint: sha256 of the architecture-defining config (see :func:`config_fingerprint`).
-        is_test_model: set by the loader for the built-in models (random/constructed weights).
+        is_test_model: set by the loader for the built-in models (random, constructed or
+            organism weights).
         default_system_prompt: system message added to conversations that have none (None:
             the chat template's own default applies). Families set a class default; assign
             the attribute to change it.

@@ -10,9 +10,15 @@ manifests ``DATA/calibration/*.jsonl``):
    recommendation (most benign answered among settings at most 5% harmful answered; if none
    meets it, the widest gap below) and the alpha with the widest gap, BRR - ASR; the held-out
    split plays no part in either choice;
-2. ``eval`` on the HELD-OUT split at the reference defaults (alpha 0.1, lambda 1, k 10);
-3. ``eval`` on held-out at each picked alpha, with lambda 1 and with lambda 0;
-4. text sanity: held-out harmful and benign prompts typed as text, no audio, unsteered.
+2. ``sweep`` on VALIDATION over a coarser alpha x lambda x k grid (one sweep per k): the
+   setting with the widest gap over this grid and step 1's (since attempt 29; attempts
+   before it chose alpha alone, at lambda 1 and k 10);
+3. ``eval`` on the HELD-OUT split at the reference defaults (alpha 0.1, lambda 1, k 10);
+4. ``eval`` on held-out at each pick, as picked and with lambda 0 (no ablation);
+5. text sanity: held-out harmful and benign prompts typed as text, no audio, unsteered.
+
+``--validation-only --calibration DIR`` stops after steps 1-2 with other calibration clips:
+that is how the demo's setting is picked for the 16 + 16 clips it ships with.
 
 Writes ``OUT/results.json`` (every figure with its 95% Wilson interval) and prints a
 Markdown table.
@@ -38,6 +44,10 @@ ALPHAS = (
     "0.05,0.1,0.15,0.18,0.2,0.21,0.22,0.23,0.24,0.25,0.28,0.3,0.32,0.34,0.36,0.38,"
     "0.4,0.42,0.44,0.46,0.48,0.5,0.55,0.6,0.7,1.0"
 )
+#: Step 2's grid: coarser in alpha, so one sweep per k stays a few minutes.
+GRID_ALPHAS = "0.1,0.15,0.2,0.25,0.3,0.35,0.4,0.45,0.5"
+GRID_LAMBDAS = "0.5,1"
+GRID_KS = "3,5,10,20"
 
 
 def _run_json(argv: list[str]) -> dict[str, Any]:
@@ -51,7 +61,7 @@ def _run_json(argv: list[str]) -> dict[str, Any]:
 
 
 def _common(args: argparse.Namespace, split: str) -> list[str]:
-    cal = args.data / "calibration"
+    cal = args.calibration or args.data / "calibration"
     return [
         "--model",
         str(args.model),
@@ -115,6 +125,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("build/organism"))
     parser.add_argument("--out", type=Path, default=Path("build/organism/measure"))
     parser.add_argument("--alphas", default=ALPHAS)
+    parser.add_argument("--grid-alphas", default=GRID_ALPHAS)
+    parser.add_argument("--grid-lambdas", default=GRID_LAMBDAS)
+    parser.add_argument("--grid-ks", default=GRID_KS, help="comma-separated; empty skips step 2")
+    parser.add_argument(
+        "--calibration",
+        type=Path,
+        default=None,
+        help="folder of {harmful,benign}.jsonl calibration manifests (default DATA/calibration)",
+    )
+    parser.add_argument(
+        "--validation-only",
+        action="store_true",
+        help="stop after the picks (steps 1-2): how the demo's setting is chosen for its own "
+        "calibration clips",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=32)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -136,10 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     results["sweep"] = sweep
     steered = [row for row in sweep["settings"] if float(row["alpha"]) > 0]
-    # Widest gap: most benign answered minus harmful answered, then lowest attack success.
-    widest = max(
-        steered, key=lambda row: (row["brr"]["rate"] - row["asr"]["rate"], -row["asr"]["rate"])
-    )
+    widest = max(steered, key=_gap_key)
     chosen = sweep["recommended"]
     if chosen is None or float(chosen["alpha"]) == 0:
         chosen = widest
@@ -154,6 +176,17 @@ def main(argv: list[str] | None = None) -> int:
         "gap_lambda0": ["--alpha", f"{gap:g}", "--lambda", "0", "--k", "10"],
         "default_lambda0": ["--alpha", "0.1", "--lambda", "0", "--k", "10"],
     }
+    if args.grid_ks:
+        grid = grid_sweep(args, steered)
+        results["grid_sweep"], results["grid_pick"] = grid["settings"], grid["pick"]
+        best = grid["pick"]
+        print(f"validation grid: widest gap at {_setting(best)}", file=sys.stderr)
+        runs["grid"] = _setting_argv(best)
+        runs["grid_lambda0"] = _setting_argv({**best, "lambda": 0.0})
+    if args.validation_only:
+        results["seconds"] = round(time.perf_counter() - started, 1)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+        return 0
     for name, extra in runs.items():
         summary = _run_json(
             ["eval", *_common(args, "heldout"), *extra, "--out", str(args.out / f"heldout-{name}")]
@@ -168,6 +201,70 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
     return 0
+
+
+def _gap_key(row: dict[str, Any]) -> tuple[float, float]:
+    """Widest gap first (benign answered minus harmful answered), then lowest attack success.
+
+    Rounded, so equal gaps made of different counts (41/70 as 61-20 or 62-21) tie exactly and
+    the lower attack success decides.
+    """
+    return (round(row["brr"]["rate"] - row["asr"]["rate"], 6), -row["asr"]["rate"])
+
+
+def grid_sweep(args: argparse.Namespace, alpha_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Step 2: one validation sweep per k over the alpha x lambda grid; the widest gap.
+
+    ``alpha_rows`` (step 1's steered settings) take part in the choice, so the grid can only
+    widen the gap the alpha sweep found. Every setting is one full pass over validation; every
+    sweep also runs the reference defaults, kept once.
+    """
+    rows = list(alpha_rows)
+    for k in args.grid_ks.split(","):
+        sweep = _run_json(
+            [
+                "sweep",
+                *_common(args, "validation"),
+                "--alpha",
+                args.grid_alphas,
+                "--lambda",
+                args.grid_lambdas,
+                "--k",
+                k,
+                "--out",
+                str(args.out / f"grid-k{k}"),
+            ]
+        )
+        seen = {(row["alpha"], row["lambda"], row["k"]) for row in rows}
+        rows += [
+            row
+            for row in sweep["settings"]
+            if float(row["alpha"]) > 0 and (row["alpha"], row["lambda"], row["k"]) not in seen
+        ]
+    best = max(rows, key=_gap_key)
+    pick = {
+        "alpha": float(best["alpha"]),
+        "lambda": float(best["lambda"]),
+        "k": int(best["k"]),
+        "validation_asr": best["asr"]["rate"],
+        "validation_brr": best["brr"]["rate"],
+    }
+    return {"settings": rows, "pick": pick}
+
+
+def _setting(pick: dict[str, Any]) -> str:
+    return f"alpha {pick['alpha']:g}, lambda {pick['lambda']:g}, k {pick['k']}"
+
+
+def _setting_argv(pick: dict[str, Any]) -> list[str]:
+    return [
+        "--alpha",
+        f"{pick['alpha']:g}",
+        "--lambda",
+        f"{pick['lambda']:g}",
+        "--k",
+        str(pick["k"]),
+    ]
 
 
 def _fmt(detail: dict[str, Any]) -> str:
@@ -197,6 +294,18 @@ def table(results: dict[str, Any]) -> str:
             results["gap_lambda0"]["steered"],
         ),
     ]
+    if "grid_pick" in results:
+        best = results["grid_pick"]
+        rows += [
+            (
+                f"SARSteer {_setting(best)} (validation grid's widest gap)",
+                results["grid"]["steered"],
+            ),
+            (
+                f"alpha {best['alpha']:g}, lambda 0 (no ablation)",
+                results["grid_lambda0"]["steered"],
+            ),
+        ]
     lines = [
         "| held-out speech | ASR (harmful answered) | BRR (benign answered) |",
         "|---|---|---|",

@@ -2,11 +2,12 @@
 
 Run from the repository root after train.py and measure.py:
     .venv/bin/python scripts/organism/ship.py --model build/organism/model \
-        --measure build/organism/measure/results.json
+        --measure build/organism/measure/results.json \
+        --demo-measure build/organism/demo-measure/results.json
 
 Ships: the checkpoint (``tiny-trained/``), 16 + 16 held-out clips for the demo and the
 regression test (``heldout/``), 16 + 16 training-side calibration clips (``calibration/``), and
-``results.json``: the alpha the validation sweep picked (the demo's default) and the measured
+``results.json``: the setting the validation sweep picked (the demo's default) and the measured
 held-out table, plus the regression figures: ``demo --clips 0 --json`` on the shipped clips
 (what tests/test_organism_regression.py checks the shipped weights against).
 """
@@ -88,11 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("build/organism"))
     parser.add_argument("--measure", type=Path, required=True)
     parser.add_argument(
-        "--demo-alpha",
-        type=float,
+        "--demo-measure",
+        type=Path,
         default=None,
-        help="the demo's alpha, from a VALIDATION sweep with the shipped calibration clips "
-        "(default: measure.py's pick, made with the full training-side calibration set)",
+        help="results.json of `measure.py --validation-only --calibration "
+        "sarsteer_guard/data/organism/calibration`: the demo's setting, picked on VALIDATION "
+        "for the 16 + 16 calibration clips it ships with (default: --measure's pick, made with "
+        "the full training-side calibration set)",
     )
     args = parser.parse_args(argv)
     shutil.rmtree(PACKAGE / "tiny-trained", ignore_errors=True)
@@ -110,10 +113,15 @@ def main(argv: list[str] | None = None) -> int:
     measured = json.loads(args.measure.read_text())
     results_path = PACKAGE / "results.json"
     old = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    demo_alpha = measured["picked_alpha"] if args.demo_alpha is None else args.demo_alpha
+    demo_measured = json.loads((args.demo_measure or args.measure).read_text())
+    if "grid_pick" not in measured or "grid_pick" not in demo_measured:
+        raise SystemExit("ship.py needs measure.py's grid step: rerun it without --grid-ks ''")
+    demo = demo_measured["grid_pick"]
     old.update(
         {
-            "demo_alpha": demo_alpha,
+            "demo_alpha": demo["alpha"],
+            "demo_lambda": demo["lambda"],
+            "demo_k": demo["k"],
             "measured": {
                 k: measured[k]
                 for k in (
@@ -125,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                     "gap",
                     "gap_lambda0",
                     "default_lambda0",
+                    "grid_pick",
+                    "grid",
+                    "grid_lambda0",
                     "text",
                     "max_new_tokens",
                 )
