@@ -62,7 +62,8 @@ def register(subparsers: Any) -> None:
         "--alpha",
         type=float,
         default=None,
-        help="steering strength (default: the alpha the organism's validation sweep picked)",
+        help="steering strength (default: the alpha the organism's validation sweep picked; "
+        "lambda and k always come from that sweep)",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per clip")
     p.set_defaults(func=run)
