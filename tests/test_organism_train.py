@@ -50,24 +50,22 @@ def tiny_config(data_dir: Path) -> TrainConfig:
     return TrainConfig(data_dir=data_dir, steps=2, batch=4, warmup=1, log_every=1, pretrain_batch=4)
 
 
-@pytest.fixture(scope="module")
-def mini_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("organism-data")
+def run_script(script: str, *args: str, timeout: int = 300) -> None:
+    """Run ``scripts/organism/{script}`` from the repository root on one thread; fail loudly."""
     subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts/organism/make_data.py"),
-            "--out",
-            str(out),
-            "--limit",
-            "4",
-            "--no-progress",
-        ],
+        [sys.executable, str(ROOT / "scripts/organism" / script), *args],
         check=True,
         cwd=ROOT,
         capture_output=True,
-        timeout=300,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
+
+
+@pytest.fixture(scope="module")
+def mini_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("organism-data")
+    run_script("make_data.py", "--out", str(out), "--limit", "4", "--no-progress")
     return out
 
 
@@ -81,16 +79,9 @@ def test_make_data_writes_split_manifests(mini_data: Path) -> None:
 
 def test_fewer_training_renderings_are_a_prefix_of_more(mini_data: Path, tmp_path: Path) -> None:
     """Attempts 21-26: rendering i of a prompt is the same clip at any --train-variants."""
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts/organism/make_data.py"),
-            *("--out", str(tmp_path), "--limit", "4", "--train-variants", "2", "--no-progress"),
-        ],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-        timeout=300,
+    run_script(
+        "make_data.py",
+        *("--out", str(tmp_path), "--limit", "4", "--train-variants", "2", "--no-progress"),
     )
     few = load_manifest(tmp_path / "train" / "benign.jsonl").items
     many = {item.id: item for item in load_manifest(mini_data / "train" / "benign.jsonl")}
@@ -260,30 +251,16 @@ def test_measure_picks_the_widest_validation_gap_over_the_grid(tmp_path: Path) -
     import json
 
     data, out = tmp_path / "data", tmp_path / "measure"
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts/organism/make_data.py"),
-            *("--out", str(data), "--limit", "12", "--train-variants", "1", "--no-progress"),
-        ],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
-        timeout=300,
+    run_script(
+        "make_data.py",
+        *("--out", str(data), "--limit", "12", "--train-variants", "1", "--no-progress"),
     )
-    subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts/organism/measure.py"),
-            *("--model", "tiny-trained", "--data", str(data), "--out", str(out)),
-            *("--alphas", "0.3", "--grid-alphas", "0.2,0.4", "--grid-lambdas", "1"),
-            *("--grid-ks", "3,10", "--max-new-tokens", "8"),
-        ],
-        check=True,
-        cwd=ROOT,
-        capture_output=True,
+    run_script(
+        "measure.py",
+        *("--model", "tiny-trained", "--data", str(data), "--out", str(out)),
+        *("--alphas", "0.3", "--grid-alphas", "0.2,0.4", "--grid-lambdas", "1"),
+        *("--grid-ks", "3,10", "--max-new-tokens", "8"),
         timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     results = json.loads((out / "results.json").read_text())
     settings = results["grid_sweep"]

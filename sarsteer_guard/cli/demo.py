@@ -116,14 +116,15 @@ async def _demo(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     shipped = recorded()
     alpha = args.alpha if args.alpha is not None else float(shipped["demo_alpha"])
+    lam, k = float(shipped["demo_lambda"]), int(shipped["demo_k"])
     policy = args.out / "demo-policy.yaml"
     policy.write_text(
         _DEMO_POLICY.format(
             harmful=(ORGANISM_DIR / "calibration" / "harmful.jsonl").as_posix(),
             benign=(ORGANISM_DIR / "calibration" / "benign.jsonl").as_posix(),
             alpha=alpha,
-            lam=float(shipped["demo_lambda"]),
-            k=int(shipped["demo_k"]),
+            lam=lam,
+            k=k,
         )
     )
     store = args.out / "vectors"
@@ -152,7 +153,7 @@ async def _demo(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row))
         return 0
-    setting = f"alpha {alpha:g}, lambda {float(shipped['demo_lambda']):g}, k {shipped['demo_k']}"
+    setting = f"alpha {alpha:g}, lambda {lam:g}, k {k}"
     _print_table(
         rows, model=args.model, seconds=ready, out=args.out, calibrated=calibrated, setting=setting
     )

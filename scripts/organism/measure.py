@@ -168,14 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     picked, gap = float(chosen["alpha"]), float(widest["alpha"])
     results["picked_alpha"], results["gap_alpha"] = picked, gap
     print(f"validation sweep: recommended alpha {picked:g}, widest gap {gap:g}", file=sys.stderr)
-    runs = {
-        "default": ["--alpha", "0.1", "--lambda", "1", "--k", "10"],
-        "picked": ["--alpha", f"{picked:g}", "--lambda", "1", "--k", "10"],
-        "picked_lambda0": ["--alpha", f"{picked:g}", "--lambda", "0", "--k", "10"],
-        "gap": ["--alpha", f"{gap:g}", "--lambda", "1", "--k", "10"],
-        "gap_lambda0": ["--alpha", f"{gap:g}", "--lambda", "0", "--k", "10"],
-        "default_lambda0": ["--alpha", "0.1", "--lambda", "0", "--k", "10"],
-    }
+    picks = {"default": 0.1, "picked": picked, "gap": gap}
+    runs = {}
+    for name, alpha in picks.items():  # each pick at the paper's lambda and k, and lambda 0
+        runs[name] = _setting_argv({"alpha": alpha, "lambda": 1.0, "k": 10})
+        runs[f"{name}_lambda0"] = _setting_argv({"alpha": alpha, "lambda": 0.0, "k": 10})
     if args.grid_ks:
         grid = grid_sweep(args, steered)
         results["grid_sweep"], results["grid_pick"] = grid["settings"], grid["pick"]
