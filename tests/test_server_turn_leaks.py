@@ -81,6 +81,33 @@ async def test_cancel_before_first_step_of_disconnect_and_shutdown() -> None:
     await asyncio.wait_for(runner, 10)
 
 
+async def test_pipelined_barge_ins_do_not_fill_the_turn_limit() -> None:
+    """Cancelled turns still closing when the next turn.start is read: it is admitted.
+
+    Everything is fed before the connection reads, so all of it arrives in one burst (the
+    receive never yields): 12 cancelled turns are still in ``running`` when ``fence`` starts,
+    three times the limit. CI once refused a real client's turn like this.
+    """
+    guard = ScriptedGuard(reply="a b", delay_s=0.0)
+    service = await _service(guard, max_open_turns=4)
+    ws = FakeSocket()
+    connection = TurnConnection(ws, service)  # type: ignore[arg-type]
+    for turn_id in [f"c{i}" for i in range(12)] + ["fence"]:
+        ws.feed_text({"type": "turn.start", "turn_id": turn_id})
+        ws.feed_bytes(encode_audio_frame(turn_id, PCM))
+        ws.feed_text({"type": "turn.end", "turn_id": turn_id})
+        if turn_id != "fence":
+            ws.feed_text({"type": "turn.cancel", "turn_id": turn_id})
+    runner = asyncio.get_running_loop().create_task(connection.run())
+    await ws.wait_for(lambda: len(finals_by_turn(ws.sent)) == 13)
+    finals = finals_by_turn(ws.sent)
+    assert finals.pop("fence") == ["decision"]
+    assert finals == {f"c{i}": ["cancelled"] for i in range(12)}
+    assert connection.open_turns == 0
+    ws.feed_disconnect()
+    await asyncio.wait_for(runner, 10)
+
+
 def _start(turn_id: str) -> Any:
     from sarsteer_guard.server.protocol import parse_turn_start
 

@@ -166,6 +166,7 @@ class TurnConnection(BaseConnection):
                 f"turn_id {turn_id!r} is already open on this connection: use a fresh id per turn"
             )
         self.rejected.pop(turn_id, None)
+        await self._settle_cancelled()
         refusal = self._admission_refusal()
         if refusal is not None:
             await self._fail_turn(turn_id, *refusal)
@@ -174,6 +175,26 @@ class TurnConnection(BaseConnection):
         limit = int(self.settings.max_turn_s * audio.bytes_per_s)
         self.collecting[turn_id] = _Collecting(start=start, audio=audio, limit=limit)
         metrics.OPEN_TURNS.inc()
+
+    async def _settle_cancelled(self) -> None:
+        """At the turn limit, wait for client-cancelled turns that are still closing.
+
+        A cancel is taken at once, but its turn closes in its own task (final ``cancelled``
+        message, then the slot). Frames read in one burst, as a client barging in again and
+        again sends them, can reach the next ``turn.start`` before those tasks have run; a
+        client that cancelled must not be refused for turns it has cancelled. The limit
+        still counts them until they close (they hold audio and a guard slot). They close
+        promptly: cancelled, their last step is the final send, deadlined like every send.
+        """
+        if self.open_turns < self.settings.max_open_turns:
+            return
+        closing = [
+            r.task
+            for r in self.running.values()
+            if r.cancel_reason == "client" and r.task is not None
+        ]
+        if closing:
+            await asyncio.wait(closing, timeout=self.settings.send_timeout_s)
 
     def _admission_refusal(self) -> tuple[str, str] | None:
         """Why a new turn may not start now, as (kind, message); None admits it.
