@@ -98,6 +98,35 @@ def test_fewer_training_renderings_are_a_prefix_of_more(mini_data: Path, tmp_pat
     )
 
 
+def test_train_speeds_change_training_clips_only(mini_data: Path, tmp_path: Path) -> None:
+    """``--train-speeds`` (attempt 35): validation and held-out stay byte for byte the same."""
+    run_script(
+        "make_data.py",
+        *("--out", str(tmp_path), "--limit", "4", "--train-variants", "2", "--no-progress"),
+        *("--train-speeds", "0.85,1.15"),
+    )
+    for split in ("validation", "heldout"):
+        for item in load_manifest(tmp_path / split / "harmful.jsonl").items:
+            assert item.audio is not None
+            twin = mini_data / split / "audio" / item.audio.name
+            assert item.audio.read_bytes() == twin.read_bytes(), item.id
+    trained = load_manifest(tmp_path / "train" / "harmful.jsonl").items
+    assert all(
+        item.audio is not None
+        and item.audio.read_bytes()
+        != (mini_data / "train" / "audio" / item.audio.name).read_bytes()
+        for item in trained
+    )
+    bad = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/organism/make_data.py"), "--train-speeds", "3"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2
+    assert "between 0.5 and 2" in bad.stderr
+
+
 def test_short_training_run_writes_a_loadable_hub_checkpoint(
     mini_data: Path, tmp_path: Path
 ) -> None:

@@ -26,13 +26,26 @@ VARIANTS = {"train": 16, "validation": 1, "heldout": 1}
 CALIBRATION_PER_SIDE = 64
 
 
-def plan_for(split: str, seed: int, variants: int | None = None) -> SynthPlan:
-    """Voices of the split; rates, pitches and channel conditions shared by all splits."""
+#: Tape-speed factors (tempo, pitch and formants together) drawn per clip in every split.
+SPEEDS = (0.95, 1.0, 1.05)
+
+
+def plan_for(
+    split: str,
+    seed: int,
+    variants: int | None = None,
+    speeds: tuple[float, ...] = SPEEDS,
+) -> SynthPlan:
+    """Voices of the split; rates, pitches and channel conditions shared by all splits.
+
+    ``speeds`` may be widened for training only (``--train-speeds``): a wider tape-speed
+    range scales each voice's formants, like a longer or shorter vocal tract.
+    """
     return SynthPlan(
         voices=VOICES[split],
         rates=(140, 155, 170, 185),
         pitches=(35, 45, 55, 65),
-        speeds=(0.95, 1.0, 1.05),
+        speeds=speeds,
         telephone_share=0.2,
         noise_share=0.2,
         snr_db=(15.0, 20.0, 25.0),
@@ -56,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
         default=VARIANTS["train"],
         help="renderings per training prompt (validation and held-out keep one)",
     )
+    parser.add_argument(
+        "--train-speeds",
+        type=_speeds,
+        default=SPEEDS,
+        help="tape-speed factors for training clips, comma-separated (validation and "
+        "held-out keep 0.95,1,1.05)",
+    )
     args = parser.parse_args(argv)
     started = time.perf_counter()
     requests = build_requests(args.seed)
@@ -73,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
                 [r.prompt for r in chosen],
                 args.out / split,
                 side,
-                plan_for(split, seed, args.train_variants if split == "train" else None),
+                plan_for(split, seed, args.train_variants, args.train_speeds)
+                if split == "train"
+                else plan_for(split, seed),
                 progress=not args.no_progress,
             )
             voices = {spec.id: spec.voice for spec in specs}
@@ -91,6 +113,16 @@ def main(argv: list[str] | None = None) -> int:
     took = time.perf_counter() - started
     print(json.dumps({"clips": counts, "seconds": round(took, 1)}))
     return 0
+
+
+def _speeds(text: str) -> tuple[float, ...]:
+    try:
+        speeds = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give numbers like 0.9,1,1.1") from None
+    if not speeds or not all(0.5 <= s <= 2.0 for s in speeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: give speed factors between 0.5 and 2")
+    return speeds
 
 
 if __name__ == "__main__":
