@@ -85,8 +85,10 @@ async def test_pipelined_barge_ins_do_not_fill_the_turn_limit() -> None:
     """Cancelled turns still closing when the next turn.start is read: it is admitted.
 
     Everything is fed before the connection reads, so all of it arrives in one burst (the
-    receive never yields): 12 cancelled turns are still in ``running`` when ``fence`` starts,
-    three times the limit. CI once refused a real client's turn like this.
+    receive never yields to the turns' tasks). With a limit of 4, the fifth start finds four
+    cancelled turns still in ``running``; without waiting for them, that start and every one
+    after it, ``fence`` included, was refused ``rate_limited``. CI once refused a real
+    client's turn like this.
     """
     guard = ScriptedGuard(reply="a b", delay_s=0.0)
     service = await _service(guard, max_open_turns=4)
