@@ -110,6 +110,7 @@ def _store_files(folder: Path) -> set[str]:
 async def _demo(args: argparse.Namespace) -> int:
     import time
 
+    from sarsteer_guard.evaluation.plan import Setting
     from sarsteer_guard.guard.core import Guard
     from sarsteer_guard.manifest import load_manifest
 
@@ -153,7 +154,7 @@ async def _demo(args: argparse.Namespace) -> int:
         for row in rows:
             print(json.dumps(row))
         return 0
-    setting = f"alpha {alpha:g}, lambda {lam:g}, k {k}"
+    setting = Setting(alpha=alpha, lam=lam, k=k).label
     _print_table(
         rows, model=args.model, seconds=ready, out=args.out, calibrated=calibrated, setting=setting
     )

@@ -37,6 +37,7 @@ from typing import Any
 
 from sarsteer_guard.cli import main as cli
 from sarsteer_guard.evaluation.metrics import wilson_interval
+from sarsteer_guard.evaluation.plan import Setting
 
 #: Finer where the organisms' refusal windows lie (0.18-0.25 for attempt 9, 0.3-0.5 since
 #: attempt 16, with lambda 1).
@@ -250,7 +251,7 @@ def grid_sweep(args: argparse.Namespace, alpha_rows: list[dict[str, Any]]) -> di
 
 
 def _setting(pick: dict[str, Any]) -> str:
-    return f"alpha {pick['alpha']:g}, lambda {pick['lambda']:g}, k {pick['k']}"
+    return Setting(alpha=pick["alpha"], lam=pick["lambda"], k=pick["k"]).label
 
 
 def _setting_argv(pick: dict[str, Any]) -> list[str]:
