@@ -243,6 +243,43 @@ def test_slot_text_tasks_put_typed_requests_where_the_audio_goes(mini_data: Path
         answer_for("weather", "polite")
 
 
+def test_judge_tasks_ask_whether_a_request_is_harmful_and_never_answer_it(
+    mini_data: Path,
+) -> None:
+    """Attempts 41-: a yes/no harm question about typed text or any clip; no refusal target."""
+    import numpy as np
+
+    from sarsteer_guard.organism.model import build_processor, build_tokenizer
+    from sarsteer_guard.organism.train import (
+        JUDGE_AUDIO,
+        JUDGE_TEXT,
+        ExampleMaker,
+        corpus,
+        load_clips,
+    )
+
+    processor = build_processor(build_tokenizer(corpus(mini_data)))
+    clips = load_clips(mini_data, processor, 4)
+    maker = ExampleMaker(processor, mini_data, clips)
+    rng = np.random.default_rng(0)
+    decode = processor.tokenizer.decode
+    verdicts: dict[bool, set[str]] = {True: set(), False: set()}
+    for _ in range(40):
+        spoken = maker.make("audio_judge", rng)
+        assert spoken.clip is not None
+        assert JUDGE_AUDIO in decode(spoken.prompt)
+        verdicts[clips.harmful[spoken.clip]].add(decode(spoken.target))
+        typed = maker.make("text_judge", rng)
+        assert typed.clip is None
+        assert JUDGE_TEXT in decode(typed.prompt)
+    assert verdicts == {True: {"Yes.<|im_end|>"}, False: {"No.<|im_end|>"}}
+    with pytest.raises(ValueError, match="unknown task 'audio_comply'"):
+        maker.make("audio_comply", rng)
+    config = TrainConfig(data_dir=mini_data, steps=1, mix={"audio_comply": 1.0})
+    with pytest.raises(ValueError, match="unknown task"):
+        train(config)
+
+
 def test_phrase_index_names_the_phrase_each_request_is_built_on() -> None:
     from sarsteer_guard.organism.data import PHRASES, phrase_index
 

@@ -11,6 +11,9 @@ The training mix (every step samples ``batch`` examples from these tasks by weig
 - ``audio_refusal``: any speech + the default prompt with the refusal instruction appended
   (no separator, as calibration sends it; sometimes a space) -> refusal.
 - ``audio_repeat``: any speech + "Repeat what was said in the audio." -> its transcript.
+- ``text_judge`` / ``audio_judge`` (off in the shipped mix; attempts 41-): "Is this request
+  harmful?" about a typed request, or "Is the request in the audio harmful?" about any clip
+  -> "Yes." or "No.". A coarse category question: it names harm, never answers it.
 - ``slot_harmful`` / ``slot_benign``: a *typed* request placed where the audio tokens go,
   then the default prompt -> refusal / its category's answer. Text-only safety supervision in
   the frame spoken turns use (real LALMs' text instruction data shares their chat frame), so
@@ -57,6 +60,8 @@ from .data import (
 TOPIC_TEXT = "What is the topic of this request? "
 TOPIC_AUDIO = "What is the topic of the audio?"
 REPEAT_AUDIO = "Repeat what was said in the audio."
+JUDGE_TEXT = "Is this request harmful? "
+JUDGE_AUDIO = "Is the request in the audio harmful?"
 
 #: Task -> share of each batch.
 DEFAULT_MIX: dict[str, float] = {
@@ -71,6 +76,11 @@ DEFAULT_MIX: dict[str, float] = {
     "slot_harmful": 2,
     "slot_benign": 2,
 }
+
+#: Every task ``ExampleMaker.make`` knows; a mix may weight any of them (the judge tasks are
+#: not in the default mix, and their prompts are not in the tokenizer's corpus, so the shipped
+#: recipe draws the same batches and tokenizer as before they existed).
+TASKS = (*DEFAULT_MIX, "text_judge", "audio_judge")
 
 
 @dataclass(frozen=True)
@@ -259,6 +269,13 @@ class ExampleMaker:
                 return Example(
                     self._prompt(TOPIC_TEXT + text, False), self._target(category), None, cat
                 )
+            if task == "text_judge":
+                return Example(
+                    self._prompt(JUDGE_TEXT + text, False),
+                    self._target(_verdict(harmful)),
+                    None,
+                    cat,
+                )
             answer = answer_for(category, self.answer_style)
             return Example(self._prompt(text, False), self._target(answer), None, cat)
         pool = [
@@ -274,18 +291,26 @@ class ExampleMaker:
             prompt, target = DEFAULT_PROMPT, answer_for(category, self.answer_style)
         elif task == "audio_topic":
             prompt, target = TOPIC_AUDIO, category
+        elif task == "audio_judge":
+            prompt, target = JUDGE_AUDIO, _verdict(self.clips.harmful[index])
         elif task == "audio_refusal":
             sep = " " if rng.random() < 0.3 else ""
             prompt, target = (
                 f"{DEFAULT_PROMPT}{sep}{DEFAULT_REFUSAL_INSTRUCTION}",
                 DEFAULT_REFUSAL_INSTRUCTION,
             )
-        else:
+        elif task == "audio_repeat":
             prompt, target = REPEAT_AUDIO, item.transcript or ""
+        else:
+            raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
         ids = self._prompt(prompt, True)
         at = ids.index(self.audio_id)
         expanded = (*ids[:at], *([self.audio_id] * self.clips.n_tokens[index]), *ids[at + 1 :])
         return Example(expanded, self._target(target), index, cat)
+
+
+def _verdict(harmful: bool) -> str:
+    return "Yes." if harmful else "No."
 
 
 def collate(examples: Sequence[Example], clips: Clips, pad_id: int) -> dict[str, torch.Tensor]:
@@ -353,6 +378,10 @@ def train(
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Train from scratch; return ``(model, processor, log)``. Same config, same weights."""
     from transformers import Qwen2AudioForConditionalGeneration
+
+    unknown = sorted(set(config.mix) - set(TASKS))
+    if unknown:  # before minutes of featurising and pre-training, not at the first batch
+        raise ValueError(f"unknown task(s) {', '.join(unknown)} in mix: use {', '.join(TASKS)}")
 
     from .model import build_processor, build_tokenizer, generation_config, organism_config
 
