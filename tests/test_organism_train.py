@@ -263,6 +263,7 @@ def test_judge_tasks_ask_whether_a_request_is_harmful_and_never_answer_it(
     maker = ExampleMaker(processor, mini_data, clips)
     rng = np.random.default_rng(0)
     decode = processor.tokenizer.decode
+    harmful_texts = {text for text, _ in maker.text[True]}
     verdicts: dict[bool, set[str]] = {True: set(), False: set()}
     for _ in range(40):
         spoken = maker.make("audio_judge", rng)
@@ -271,7 +272,8 @@ def test_judge_tasks_ask_whether_a_request_is_harmful_and_never_answer_it(
         verdicts[clips.harmful[spoken.clip]].add(decode(spoken.target))
         typed = maker.make("text_judge", rng)
         assert typed.clip is None
-        assert JUDGE_TEXT in decode(typed.prompt)
+        request = decode(typed.prompt).split(JUDGE_TEXT)[1].split("<|im_end|>")[0]
+        verdicts[request in harmful_texts].add(decode(typed.target))
     assert verdicts == {True: {"Yes.<|im_end|>"}, False: {"No.<|im_end|>"}}
     with pytest.raises(ValueError, match="unknown task 'audio_comply'"):
         maker.make("audio_comply", rng)
