@@ -277,9 +277,8 @@ def test_judge_tasks_ask_whether_a_request_is_harmful_and_never_answer_it(
     assert verdicts == {True: {"Yes.<|im_end|>"}, False: {"No.<|im_end|>"}}
     with pytest.raises(ValueError, match="unknown task 'audio_comply'"):
         maker.make("audio_comply", rng)
-    config = TrainConfig(data_dir=mini_data, steps=1, mix={"audio_comply": 1.0})
     with pytest.raises(ValueError, match="unknown task"):
-        train(config)
+        TrainConfig(data_dir=mini_data, steps=1, mix={"audio_comply": 1.0})
 
 
 def test_phrase_index_names_the_phrase_each_request_is_built_on() -> None:

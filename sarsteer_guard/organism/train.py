@@ -123,6 +123,12 @@ class TrainConfig:
     #: its own words; see ``data.CONTENT_ANSWERS``).
     answer_style: AnswerStyle = "sure"
 
+    def __post_init__(self) -> None:
+        """A mix naming a task nobody makes fails here, not minutes into featurising."""
+        unknown = sorted(set(self.mix) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown task(s) {', '.join(unknown)} in mix: use {', '.join(TASKS)}")
+
 
 @dataclass
 class Clips:
@@ -378,10 +384,6 @@ def train(
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Train from scratch; return ``(model, processor, log)``. Same config, same weights."""
     from transformers import Qwen2AudioForConditionalGeneration
-
-    unknown = sorted(set(config.mix) - set(TASKS))
-    if unknown:  # before minutes of featurising and pre-training, not at the first batch
-        raise ValueError(f"unknown task(s) {', '.join(unknown)} in mix: use {', '.join(TASKS)}")
 
     from .model import build_processor, build_tokenizer, generation_config, organism_config
 
